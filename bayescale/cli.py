@@ -1,0 +1,384 @@
+"""The ``bayescale`` command.
+
+Every subcommand takes ``--json`` and then prints exactly one JSON object on stdout; progress
+and logs go to stderr (and are silent under ``--json``). Exit status: 0 success, 2 bad input
+(a one-line message naming the file or field), 1 anything else. Heavy libraries (JAX,
+NumPyro, ArviZ, PyTorch) are imported inside the commands, so ``bayescale --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import InputError
+
+DEFAULT_MODELS_DIR = "models"
+
+
+# --------------------------------------------------------------------------------------------
+# output helpers
+
+
+def _emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, allow_nan=False, default=_json_default) + "\n")
+    sys.stdout.flush()
+
+
+def _json_default(o: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _fmt(x: float) -> str:
+    """Four significant digits, scientific notation for large or small magnitudes."""
+    if x == 0 or not math.isfinite(x):
+        return str(x)
+    ax = abs(x)
+    return f"{x:.4g}" if 1e-3 <= ax < 1e5 else f"{x:.3e}"
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).rjust(w) if j else str(c).ljust(w)  # noqa: E731
+                               for j, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def _interval_row(name: str, s: dict[str, float], extra: list[str] | None = None) -> list[str]:
+    return [name, _fmt(s["mean"]), _fmt(s["sd"]), _fmt(s["q05"]), _fmt(s["q50"]), _fmt(s["q95"]),
+            *(extra or [])]
+
+
+INTERVAL_HEADER = ["", "mean", "sd", "q05", "q50", "q95"]
+
+
+def _log(args: argparse.Namespace, msg: str) -> None:
+    if not getattr(args, "json", False):
+        print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# fit
+
+
+def _parse_priors(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    priors: dict[str, str] = {}
+    if args.priors_file:
+        import tomllib
+
+        path = Path(args.priors_file)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise InputError("no such file; expected a TOML file with a [priors] table", file=str(path)) from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"not valid TOML: {e}", file=str(path)) from None
+        table = data.get("priors", data)
+        for k, v in table.items():
+            if not isinstance(v, str):
+                raise InputError(f"expected a string like \"LogNormal(-1.2, 0.5)\", got {v!r}",
+                                 file=str(path), field=f"priors.{k}")
+            priors[k] = v
+    for item in args.prior or []:
+        name, sep, spec = item.partition("=")
+        if not sep or not name.strip() or not spec.strip():
+            raise InputError(f"expected NAME=DISTRIBUTION, e.g. alpha=LogNormal(-1.2, 0.5); got {item!r}",
+                             field="--prior")
+        priors[name.strip()] = spec.strip()
+    return tuple(priors.items())
+
+
+def _default_out(source: str, law: str) -> Path:
+    stem = Path(source.rstrip("/\\")).stem or "runs"
+    return Path(DEFAULT_MODELS_DIR) / f"{stem}-{law}.nc"
+
+
+def _check_out(out: Path) -> None:
+    """Refuse to overwrite a file that is not a bayescale posterior (nothing the user had is lost)."""
+    if out.is_dir():
+        raise InputError("is a directory; expected a path for the .nc posterior", file=str(out), field="--out")
+    if out.exists():
+        from .inference import load_posterior
+
+        try:
+            load_posterior(out)
+        except InputError:
+            raise InputError("exists and is not a bayescale posterior; refusing to overwrite it "
+                             "(choose another --out)", file=str(out), field="--out") from None
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from .runs import LoadReport, load_runs
+
+    report = LoadReport(source=args.source)
+    runs = load_runs(args.source, filter=args.filter, skip_invalid=args.skip_invalid, report=report)
+    if args.group:
+        if args.group not in runs.columns:
+            raise InputError(f"no column {args.group!r}; columns are {', '.join(map(str, runs.columns))}",
+                             field="--group")
+        runs["group"] = runs[args.group].astype(str)
+    for line in report.lines():
+        print(f"bayescale: {line}", file=sys.stderr)
+    out = Path(args.out) if args.out else _default_out(args.source, args.law)
+    if out.suffix != ".nc":
+        raise InputError("expected a path ending in .nc", file=str(out), field="--out")
+    _check_out(out)
+
+    from .inference import FitConfig, diagnostics, fit, save_posterior
+    from .optimal import exponents, param_summary, summarize
+
+    cfg = FitConfig(law=args.law, chains=args.chains, warmup=args.warmup, draws=args.draws, seed=args.seed,
+                    likelihood=args.likelihood, nu=args.nu, target_accept=args.target_accept,
+                    priors=_parse_priors(args))
+    t0 = time.perf_counter()
+    idata = fit(runs, cfg, quiet=args.json, source=args.source, filter=args.filter)
+    try:
+        save_posterior(idata, out)
+    except OSError as e:
+        raise InputError(f"could not write the posterior: {e.strerror or e}", file=str(out), field="--out") from None
+    seconds = time.perf_counter() - t0
+    diag = diagnostics(idata)
+    params = param_summary(idata)
+    expo = {k: summarize(v) for k, v in exponents(idata).items()}
+    result = {
+        "law": args.law, "n_obs": int(len(runs)), "seconds": round(seconds, 3),
+        "divergences": diag["divergences"], "out": str(out), "params": params, "compute_optimal": expo,
+        "diagnostics": {k: v for k, v in diag.items() if k != "per_param"},
+        "skipped": report.lines(),
+    }
+    if args.json:
+        _emit_json(result)
+        return 0
+    print(f"{args.law} law fitted to {len(runs)} runs from {args.source} in {seconds:.1f} s -> {out}")
+    print(_table([_interval_row(k, v, [f"{v['r_hat']:.3f}", f"{v['ess_bulk']:.0f}"]) for k, v in params.items()],
+                 [*INTERVAL_HEADER, "r_hat", "ess_bulk"]))
+    print()
+    print("compute-optimal exponents (N_opt ∝ C^a, D_opt ∝ C^b):")
+    print(_table([_interval_row(k, v) for k, v in expo.items()], INTERVAL_HEADER))
+    print(f"\ndiagnostics: {_verdict(diag)}")
+    return 0
+
+
+def _verdict(diag: dict[str, Any]) -> str:
+    base = (f"max R-hat {diag['max_r_hat']:.4f}, min ESS bulk {diag['min_ess_bulk']:.0f} / tail "
+            f"{diag['min_ess_tail']:.0f}, {diag['divergences']} divergences, max tree depth {diag['max_tree_depth']}")
+    if not diag["warnings"]:
+        return "OK (" + base + ")"
+    return "CHECK (" + base + ")\n  " + "\n  ".join(diag["warnings"])
+
+
+# --------------------------------------------------------------------------------------------
+# summary / optimal / predict
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from .inference import diagnostics, load_posterior, metadata
+    from .optimal import exponents, param_summary, summarize
+
+    idata = load_posterior(args.model)
+    meta = metadata(idata)
+    diag = diagnostics(idata)
+    params = param_summary(idata)
+    expo = {k: summarize(v) for k, v in exponents(idata).items()}
+    if args.json:
+        _emit_json({"model": args.model, "law": meta["law"], "n_obs": meta["n_obs"], "source": meta["source"],
+                    "filter": meta["filter"], "priors": meta["priors"], "config": meta["config"],
+                    "versions": meta["versions"], "params": params, "compute_optimal": expo,
+                    "diagnostics": {k: v for k, v in diag.items() if k != "per_param"}})
+        return 0
+    cfg = meta["config"]
+    print(f"{args.model}: {meta['law']} law, {meta['n_obs']} runs from {meta['source']}"
+          + (f" (filter: {meta['filter']})" if meta["filter"] else ""))
+    print(f"likelihood {cfg['likelihood']}" + (f" (nu={cfg['nu']})" if cfg["likelihood"] == "student_t" else "")
+          + f" on log loss; {cfg['chains']} chains x {cfg['draws']} draws after {cfg['warmup']} warm-up; seed {cfg['seed']}")
+    print("priors: " + ", ".join(f"{k} ~ {v}" for k, v in meta["priors"].items()))
+    print()
+    print(_table([_interval_row(k, v, [f"{v['r_hat']:.3f}", f"{v['ess_bulk']:.0f}"]) for k, v in params.items()],
+                 [*INTERVAL_HEADER, "r_hat", "ess_bulk"]))
+    print()
+    print(_table([_interval_row(k, v) for k, v in expo.items()], INTERVAL_HEADER))
+    print(f"\ndiagnostics: {_verdict(diag)}")
+    return 0
+
+
+def cmd_optimal(args: argparse.Namespace) -> int:
+    from .inference import load_posterior
+    from .optimal import optimal
+
+    idata = load_posterior(args.model)
+    res = optimal(idata, args.compute)
+    if args.json:
+        _emit_json({"model": args.model, "optimal": res})
+        return 0
+    rows = []
+    for r in res:
+        for k in ("N_opt", "D_opt", "loss", "tokens_per_param"):
+            rows.append(_interval_row(f"C={_fmt(r['compute'])}  {k}" if k == "N_opt" else f"{'':>{len(_fmt(r['compute'])) + 2}}  {k}", r[k]))
+    print(_table(rows, ["budget (FLOP)", "mean", "sd", "q05", "q50", "q95"]))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .inference import load_posterior
+    from .optimal import predict
+
+    if args.at is not None:
+        if args.N is not None or args.D is not None:
+            raise InputError("give either --N and --D, or --at TABLE, not both", field="--at")
+        from .runs import _read_table, resolve_source
+
+        path = resolve_source(args.at)
+        table = _read_table(path)
+        missing = [c for c in ("N", "D") if c not in table.columns]
+        if missing:
+            raise InputError(f"missing column(s) {', '.join(missing)}; expected N and D", file=str(path),
+                             field=missing[0])
+        N, D = table["N"].to_numpy(), table["D"].to_numpy()
+    else:
+        if args.N is None or args.D is None:
+            raise InputError("give --N and --D (or --at TABLE)", field="--N" if args.N is None else "--D")
+        N, D = args.N, args.D
+    idata = load_posterior(args.model)
+    try:
+        res = predict(idata, N, D, noise=not args.no_noise, seed=args.seed)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"expected numbers: {e}", field="--at" if args.at else "--N") from None
+    if args.json:
+        _emit_json({"model": args.model, "predictions": res})
+        return 0
+    print(_table([[_fmt(r["N"]), _fmt(r["D"]), _fmt(r["mean"]), _fmt(r["sd"]), _fmt(r["q05"]), _fmt(r["q50"]),
+                   _fmt(r["q95"])] for r in res], ["N", "D", "mean", "sd", "q05", "q50", "q95"]))
+    kind = "posterior predictive (with observation noise)" if not args.no_noise else "posterior of the mean loss"
+    print(f"({kind}; loss in nats/token)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# parser and entry point
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {s!r}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``bayescale`` argument parser (exposed for documentation and tests)."""
+    p = argparse.ArgumentParser(prog="bayescale", description="Bayesian scaling-law inference for language models.")
+    p.add_argument("--version", action="version", version=f"bayescale {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    f = sub.add_parser("fit", help="fit a scaling law by NUTS and save the posterior (.nc)")
+    f.add_argument("source", metavar="SOURCE",
+                   help="runs directory, CSV/Parquet table (N, D, loss), or a shipped example name (chinchilla)")
+    f.add_argument("--law", choices=["chinchilla", "kaplan"], default="chinchilla")
+    f.add_argument("--group", metavar="COL", help="column that names each run's group (carried into the fit)")
+    f.add_argument("--filter", metavar="QUERY", help='pandas query over the table, e.g. "kept_by_epoch == 1"')
+    f.add_argument("--out", metavar="PATH.nc", help="where to save the posterior (default models/<source>-<law>.nc)")
+    f.add_argument("--chains", type=_positive_int, default=4)
+    f.add_argument("--warmup", type=_positive_int, default=1000)
+    f.add_argument("--draws", type=_positive_int, default=1000)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--likelihood", choices=["student_t", "gaussian"], default="student_t")
+    f.add_argument("--nu", type=_positive_float, default=4.0, help="Student-t degrees of freedom (default 4)")
+    f.add_argument("--target-accept", type=float, default=0.9)
+    f.add_argument("--prior", action="append", metavar="NAME=DIST",
+                   help="override a prior, e.g. alpha='LogNormal(-1.2, 0.5)' (repeatable)")
+    f.add_argument("--priors-file", metavar="TOML", help="a TOML file with a [priors] table of NAME = \"DIST\"")
+    f.add_argument("--skip-invalid", action="store_true", help="load the valid runs and report the invalid ones")
+    f.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    f.set_defaults(func=cmd_fit)
+
+    s = sub.add_parser("summary", help="parameters, exponents and diagnostics of a saved posterior")
+    s.add_argument("model", metavar="MODEL.nc")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_summary)
+
+    o = sub.add_parser("optimal", help="posterior of the compute-optimal N*, D*, loss at given budgets")
+    o.add_argument("model", metavar="MODEL.nc")
+    o.add_argument("--compute", type=_positive_float, nargs="+", required=True, metavar="C",
+                   help="budget(s) in FLOP (C = 6ND)")
+    o.add_argument("--json", action="store_true")
+    o.set_defaults(func=cmd_optimal)
+
+    pr = sub.add_parser("predict", help="posterior predictive loss at given (N, D)")
+    pr.add_argument("model", metavar="MODEL.nc")
+    pr.add_argument("--N", type=_positive_float, nargs="+", help="non-embedding parameters")
+    pr.add_argument("--D", type=_positive_float, nargs="+", help="training tokens (pairs with --N)")
+    pr.add_argument("--at", metavar="TABLE", help="CSV/Parquet with columns N, D")
+    pr.add_argument("--no-noise", action="store_true", help="interval of the mean loss, without observation noise")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=cmd_predict)
+
+    _add_optional_commands(sub)
+    return p
+
+
+def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
+    """Commands that live in other modules (trainer, plots, design), registered if present."""
+    try:
+        from .train.cli import add_commands
+    except ImportError:
+        return
+    add_commands(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``bayescale`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except InputError as e:
+        print(f"bayescale {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"bayescale {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+    except Exception as e:  # an internal error: say so, and how to see the traceback
+        if os.environ.get("BAYESCALE_DEBUG"):
+            traceback.print_exc()
+        else:
+            print(f"bayescale {args.command}: internal error: {type(e).__name__}: {e} "
+                  "(set BAYESCALE_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
