@@ -20,9 +20,9 @@ _LAZY = {
     "load_posterior": "inference",
     "save_posterior": "inference",
     "diagnostics": "inference",
-    "optimal": "optimal",
-    "predict": "optimal",
-    "param_draws": "optimal",
+    "optimal": "posterior",
+    "predict": "posterior",
+    "param_draws": "posterior",
 }
 
 __all__ = [

@@ -142,7 +142,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     _check_out(out)
 
     from .inference import FitConfig, diagnostics, fit, save_posterior
-    from .optimal import exponents, param_summary, summarize
+    from .posterior import exponents, param_summary, summarize
 
     cfg = FitConfig(law=args.law, chains=args.chains, warmup=args.warmup, draws=args.draws, seed=args.seed,
                     likelihood=args.likelihood, nu=args.nu, target_accept=args.target_accept,
@@ -190,7 +190,7 @@ def _verdict(diag: dict[str, Any]) -> str:
 
 def cmd_summary(args: argparse.Namespace) -> int:
     from .inference import diagnostics, load_posterior, metadata
-    from .optimal import exponents, param_summary, summarize
+    from .posterior import exponents, param_summary, summarize
 
     idata = load_posterior(args.model)
     meta = metadata(idata)
@@ -220,7 +220,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def cmd_optimal(args: argparse.Namespace) -> int:
     from .inference import load_posterior
-    from .optimal import optimal
+    from .posterior import optimal
 
     idata = load_posterior(args.model)
     res = optimal(idata, args.compute)
@@ -237,7 +237,7 @@ def cmd_optimal(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import load_posterior
-    from .optimal import predict
+    from .posterior import predict
 
     if args.at is not None:
         if args.N is not None or args.D is not None:

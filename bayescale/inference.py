@@ -90,7 +90,8 @@ def fit(
     quiet
         No progress or diagnostics on stderr.
     source, filter
-        Recorded in the metadata (defaults: ``runs.attrs["source"]`` and none).
+        Recorded in the metadata (defaults: ``runs.attrs["source"]`` and ``runs.attrs["filter"]``,
+        which :func:`bayescale.load_runs` sets).
 
     Returns
     -------
@@ -138,7 +139,7 @@ def fit(
         "law": cfg.law,
         "n_obs": int(len(y)),
         "source": source if source is not None else runs.attrs.get("source", "<DataFrame>"),
-        "filter": filter,
+        "filter": filter if filter is not None else runs.attrs.get("filter"),
         "groups": sorted(map(str, runs["group"].unique())) if "group" in runs else ["all"],
         "anchors": asdict(anchors),
         "priors": priors,

@@ -170,6 +170,7 @@ def load_runs(
             raise InputError(f"query {filter!r} kept no runs", field="--filter")
     df = df.reset_index(drop=True)
     df.attrs["source"] = name
+    df.attrs["filter"] = filter or None
     report.n_loaded = len(df)
     return df
 

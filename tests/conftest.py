@@ -1,0 +1,54 @@
+"""Shared fixtures: pinned randomness, simulated data, one real Chinchilla fit per session."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# a private compilation cache: tests must not depend on (or pollute) the user's
+os.environ.setdefault("BAYESCALE_JAX_CACHE", tempfile.mkdtemp(prefix="bayescale-jax-"))
+
+import numpy as np
+import pandas as pd
+import pytest
+
+# Epoch AI's refit of the Chinchilla data (Besiroglu et al. 2024) and its bootstrap SEs
+EPOCH = {"E": (1.8172, 0.026), "alpha": (0.3478, 0.0154), "beta": (0.3658, 0.0206)}
+
+TRUE_CHINCHILLA = {"E": 1.8, "A": 480.0, "B": 2000.0, "alpha": 0.34, "beta": 0.37}
+TRUE_KAPLAN = {"E": 1.7, "N_c": 8.8e9, "D_c": 5.4e9, "alpha_N": 0.35, "alpha_D": 0.4}
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20240514)
+
+
+def simulate(law: str, params: dict, n: int, noise: float, seed: int) -> pd.DataFrame:
+    """n runs log-uniform over N in [1e7, 1e10] and tokens/param in [2, 200], noise on log loss."""
+    from bayescale.laws import loss
+
+    r = np.random.default_rng(seed)
+    N = np.exp(r.uniform(np.log(1e7), np.log(1e10), n))
+    D = N * np.exp(r.uniform(np.log(2), np.log(200), n))
+    mu = np.asarray(loss(law, params, N, D))
+    y = mu * np.exp(noise * r.standard_normal(n))
+    return pd.DataFrame({"N": N, "D": D, "loss": y, "run_id": [f"sim{i}" for i in range(n)]})
+
+
+@pytest.fixture(scope="session")
+def chinchilla_runs() -> pd.DataFrame:
+    import bayescale as bs
+
+    return bs.load_runs("chinchilla", filter="kept_by_epoch == 1")
+
+
+@pytest.fixture(scope="session")
+def chinchilla_fit(chinchilla_runs, tmp_path_factory):
+    """The default fit (4 chains x 1000 + 1000) of the 240 kept rows, saved and reloaded."""
+    import bayescale as bs
+
+    idata = bs.fit(chinchilla_runs, bs.FitConfig(law="chinchilla"), quiet=True)
+    path = tmp_path_factory.mktemp("models") / "chinchilla.nc"
+    bs.save_posterior(idata, path)
+    return bs.load_posterior(path), path
