@@ -28,8 +28,20 @@ DEFAULT_MODELS_DIR = "models"
 # output helpers
 
 
+def _finite_or_none(obj: Any) -> Any:
+    """JSON has no NaN: undefined numbers (e.g. R-hat of a single chain) become null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
 def _emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, allow_nan=False, default=_json_default) + "\n")
+    obj = _finite_or_none(json.loads(json.dumps(obj, default=_json_default)))
+    sys.stdout.write(json.dumps(obj, indent=2, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 

@@ -174,7 +174,10 @@ def diagnostics(idata: az.InferenceData) -> dict[str, Any]:
     """R-hat, bulk and tail ESS, divergences and tree depth, with warnings and advice."""
     law = metadata(idata)["law"]
     names = list(SAMPLED_SITES[law])
-    rhat = az.rhat(idata, var_names=names)
+    n_chains = idata.posterior.sizes["chain"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # arviz warns that R-hat needs 2 chains; we say so below
+        rhat = az.rhat(idata, var_names=names)
     ess_b = az.ess(idata, var_names=names, method="bulk")
     ess_t = az.ess(idata, var_names=names, method="tail")
     per = {n: {"r_hat": float(rhat[n]), "ess_bulk": float(ess_b[n]), "ess_tail": float(ess_t[n])}
@@ -195,6 +198,8 @@ def diagnostics(idata: az.InferenceData) -> dict[str, Any]:
         "warnings": [],
     }
     w = out["warnings"]
+    if n_chains < 2:
+        w.append("R-hat needs at least 2 chains and is undefined here; run --chains 4 to check convergence")
     if out["max_r_hat"] > RHAT_MAX:
         worst = max(per, key=lambda k: per[k]["r_hat"])
         w.append(f"R-hat {out['max_r_hat']:.3f} > {RHAT_MAX} (worst: {worst}): chains disagree; "

@@ -25,7 +25,7 @@ Default priors (weakly informative; each overridable by name, see :func:`parse_p
 ==============  =================================  ============================================
 site            default                            why
 ==============  =================================  ============================================
-E               LogNormal(log(L_min / 2), 1)       irreducible loss: below the lowest loss seen
+E               LogNormal(log(0.75 L_min), 0.5)    irreducible loss: 90% in 0.33-1.7 x L_min
 alpha, beta     LogNormal(log 0.3, 0.6)            published exponents span ~0.05-0.8
 alpha_N,        LogNormal(log 0.3, 0.6)            as above
 alpha_D
@@ -99,7 +99,7 @@ class Anchors:
 def default_prior_specs(law: str, anchors: Anchors) -> dict[str, str]:
     """Default priors of ``law`` as spec strings (what the user would write to override them)."""
     check_law(law)
-    e = f"LogNormal({math.log(anchors.loss_min / 2):.6g}, 1.0)"
+    e = f"LogNormal({math.log(0.75 * anchors.loss_min):.6g}, 0.5)"
     amp = f"Normal({math.log(anchors.loss_median / 4):.6g}, 2.0)"
     expo = f"LogNormal({math.log(0.3):.6g}, 0.6)"
     if law == "chinchilla":

@@ -7,6 +7,7 @@ and its options are read from the stored metadata. Intervals are equal-tailed: `
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -137,7 +138,9 @@ def param_summary(idata: az.InferenceData) -> dict[str, dict[str, float]]:
     """
     law = metadata(idata)["law"]
     names = [*PARAM_NAMES[law], "sigma"]
-    rhat = az.rhat(idata, var_names=names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a single chain: R-hat is NaN, reported as null
+        rhat = az.rhat(idata, var_names=names)
     ess = az.ess(idata, var_names=names, method="bulk")
     draws = param_draws(idata, names)
     return {n: {**summarize(draws[n]), "r_hat": float(rhat[n]), "ess_bulk": float(ess[n])} for n in names}

@@ -1,0 +1,214 @@
+"""Speed of a full bayescale fit versus the classical bootstrap baseline, measured together.
+
+Run from the repository root (any Python with bayescale installed)::
+
+    python bench/fit_speed.py                   # the acceptance measurement (4000 resamples)
+    python bench/fit_speed.py --resamples 200   # quick check; the 4000-resample time is then
+                                                # extrapolated linearly and marked as such
+
+What is measured, all on the 240 Chinchilla rows Epoch AI keep (``kept_by_epoch == 1``):
+
+1. ``bayescale fit chinchilla --filter "kept_by_epoch == 1" --chains 4 --warmup 1000
+   --draws 1000 --json --out <tmp>.nc`` as a new process (Python start-up, imports, data
+   loading, XLA compilation, NUTS, saving the NetCDF posterior: the wall time a user waits),
+   twice, each in a fresh process:
+
+   * ``first``: ``BAYESCALE_JAX_CACHE`` points at a new, empty folder, so JAX's persistent
+     compilation cache is empty (the very first fit on a machine);
+   * ``warm``: same folder, now holding the compiled sampler (any later fit of same-shaped data).
+
+2. The classical alternative (``bayescale.baselines``), in this process: the Approach-3 point
+   fit (Huber on log loss, L-BFGS-B from the default small grid) plus the nonparametric bootstrap
+   (``--resamples``, default 4000, seed 42; each resample warm-started from the full-data
+   optimum and from Hoffmann et al.'s estimate). Its time is the point fit plus the bootstrap;
+   numpy/scipy import time (~0.3 s) is not counted, which favours the baseline slightly.
+
+Speed ratios are ``baseline_seconds / fit_seconds``; targets: >= 10 for ``first`` and >= 20 for
+``warm`` (issue 2, acceptance "Speed").
+
+Interval agreement, for a = beta / (alpha + beta) (N* ∝ C^a): bayescale's 90% equal-tailed
+posterior interval (``compute_optimal.a.q05``/``q95`` of the fit JSON) against the bootstrap's
+5th and 95th percentiles. Rule: they agree when each endpoint differs by at most 0.02 (about
+one bootstrap standard error of a, 0.020 in Epoch AI's analysis). The overlap (intersection over
+union of the two intervals) is printed as well.
+
+Output: human-readable lines, then one JSON line (the last line of stdout). Exit status 0 when
+everything ran (targets met or not), 1 when a fit failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TARGETS = {"first": 10.0, "warm": 20.0}
+AGREE_TOL = 0.02
+FIT_ARGS = ["fit", "chinchilla", "--filter", "kept_by_epoch == 1", "--chains", "4",
+            "--warmup", "1000", "--draws", "1000", "--json"]
+
+
+def _cli() -> list[str]:
+    """The ``bayescale`` console script of this interpreter's environment."""
+    exe = Path(sys.executable).parent / "bayescale"
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("bayescale")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "import sys; from bayescale.cli import main; sys.exit(main())"]
+
+
+def run_fit(cache: Path, out: Path, label: str) -> dict[str, Any]:
+    """One ``bayescale fit`` in a new process; wall time, the JSON it printed, or the error."""
+    env = dict(os.environ, BAYESCALE_JAX_CACHE=str(cache))
+    cmd = [*_cli(), *FIT_ARGS, "--out", str(out)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - t0
+    res: dict[str, Any] = {"label": label, "seconds": seconds, "returncode": proc.returncode,
+                           "cache_files": sum(1 for p in cache.rglob("*") if p.is_file())}
+    if proc.returncode != 0:
+        res["error"] = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        return res
+    try:  # the CLI prints exactly one JSON object (possibly indented) on stdout
+        res["json"] = json.loads(proc.stdout)
+    except ValueError:
+        res["error"] = ["could not parse the JSON object on stdout", proc.stdout[-500:]]
+    return res
+
+
+def run_bootstrap(n_resamples: int, seed: int, extra_starts: int) -> dict[str, Any]:
+    """Point fit plus bootstrap of the classical baseline, timed in this process."""
+    import pandas as pd
+
+    import bayescale
+    from bayescale import baselines
+
+    df = pd.read_csv(Path(bayescale.__file__).parent / "data" / "chinchilla.csv")
+    df = df[df["kept_by_epoch"] == 1]
+    N, D, L = (df[c].to_numpy() for c in ("N", "D", "loss"))
+    t0 = time.perf_counter()
+    point = baselines.huber_fit(N, D, L)
+    t1 = time.perf_counter()
+    bs = baselines.bootstrap(N, D, L, n_resamples=n_resamples, seed=seed,
+                             extra_starts=extra_starts, full_fit=point)
+    t2 = time.perf_counter()
+    a = bs["a"][np.isfinite(bs["a"])]
+    return {
+        "n_rows": int(len(df)), "n_resamples": n_resamples, "extra_starts": extra_starts,
+        "point_fit_seconds": t1 - t0, "bootstrap_seconds": t2 - t1,
+        "seconds_per_resample": (t2 - t1) / n_resamples,
+        "converged_fraction": float(bs["success"].mean()),
+        "point": {k: point[k] for k in ("E", "A", "B", "alpha", "beta", "a", "objective")},
+        "se": {k: float(np.nanstd(bs[k], ddof=1)) for k in ("E", "A", "B", "alpha", "beta", "a")},
+        "a_q05": float(np.percentile(a, 5)), "a_q95": float(np.percentile(a, 95)),
+    }
+
+
+def agreement(lo1: float, hi1: float, lo2: float, hi2: float) -> dict[str, Any]:
+    """Endpoint differences, the overlap (intersection over union) and the verdict."""
+    inter = max(0.0, min(hi1, hi2) - max(lo1, lo2))
+    union = max(hi1, hi2) - min(lo1, lo2)
+    d_lo, d_hi = abs(lo1 - lo2), abs(hi1 - hi2)
+    return {"d_lo": d_lo, "d_hi": d_hi, "overlap_iou": inter / union if union > 0 else 1.0,
+            "rule": f"each endpoint within {AGREE_TOL}",
+            "agree": bool(d_lo <= AGREE_TOL and d_hi <= AGREE_TOL)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--resamples", type=int, default=4000,
+                    help="bootstrap resamples (default 4000; fewer: time extrapolated to 4000)")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--extra-starts", type=int, default=1,
+                    help="starts per resample besides the full-data optimum (default 1)")
+    ap.add_argument("--skip-fit", action="store_true", help="only time the bootstrap baseline")
+    args = ap.parse_args(argv)
+    if args.resamples < 1:
+        ap.error("--resamples must be >= 1")
+
+    summary: dict[str, Any] = {"bench": "fit_speed", "targets": TARGETS}
+    ok = True
+    fits: dict[str, dict[str, Any]] = {}
+    if not args.skip_fit:
+        tmp = Path(tempfile.mkdtemp(prefix="bayescale-bench-"))
+        try:
+            cache = tmp / "jax-cache"
+            cache.mkdir()
+            for label in ("first", "warm"):
+                print(f"[fit] {label}: bayescale {' '.join(FIT_ARGS)} (cache {cache}) ...",
+                      file=sys.stderr, flush=True)
+                r = run_fit(cache, tmp / f"{label}.nc", label)
+                fits[label] = r
+                if "error" in r:
+                    ok = False
+                    print(f"fit ({label}) FAILED after {r['seconds']:.1f} s:", *r["error"],
+                          sep="\n  ")
+                    break
+                j = r["json"]
+                print(f"fit ({label} {'empty' if label == 'first' else 'warm'} JAX cache): "
+                      f"{r['seconds']:.2f} s wall (CLI-reported fit+save {j.get('seconds')} s), "
+                      f"divergences {j.get('divergences')}, cache files after: "
+                      f"{r['cache_files']}")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    print(f"[bootstrap] {args.resamples} resamples ...", file=sys.stderr, flush=True)
+    b = run_bootstrap(args.resamples, args.seed, args.extra_starts)
+    scale = 4000 / args.resamples
+    base_4000 = b["point_fit_seconds"] + b["bootstrap_seconds"] * scale
+    measured = args.resamples == 4000
+    print(f"baseline point fit (Huber, L-BFGS-B, small grid): {b['point_fit_seconds']:.2f} s; "
+          f"alpha {b['point']['alpha']:.4f}, beta {b['point']['beta']:.4f}, "
+          f"E {b['point']['E']:.4f}, objective {b['point']['objective']:.8f}")
+    print(f"baseline bootstrap: {args.resamples} resamples x {1 + args.extra_starts} starts in "
+          f"{b['bootstrap_seconds']:.2f} s ({1e3 * b['seconds_per_resample']:.1f} ms each, "
+          f"{100 * b['converged_fraction']:.1f}% converged); SE alpha {b['se']['alpha']:.4f}, "
+          f"beta {b['se']['beta']:.4f}, E {b['se']['E']:.4f}, a {b['se']['a']:.4f}")
+    print(f"baseline total for 4000 resamples: {base_4000:.1f} s "
+          f"({'measured' if measured else f'extrapolated from {args.resamples}'})")
+    summary["baseline"] = dict(b, seconds_4000=base_4000, seconds_4000_measured=measured)
+
+    ratios: dict[str, Any] = {}
+    for label, r in fits.items():
+        if "json" not in r:
+            continue
+        ratio = base_4000 / r["seconds"]
+        ratios[label] = {"fit_seconds": r["seconds"], "ratio": ratio, "target": TARGETS[label],
+                         "meets_target": bool(ratio >= TARGETS[label])}
+        verdict = "MET" if ratio >= TARGETS[label] else "NOT met"
+        print(f"speed ratio ({label}): {base_4000:.1f} s / {r['seconds']:.2f} s = {ratio:.1f}x "
+              f"(target >= {TARGETS[label]:.0f}x: {verdict})")
+    summary["fits"] = {k: {kk: vv for kk, vv in v.items() if kk != "json"} for k, v in fits.items()}
+    summary["ratios"] = ratios
+
+    last = next((r for r in (fits.get("warm"), fits.get("first")) if r and "json" in r), None)
+    if last is not None:
+        a_post = last["json"]["compute_optimal"]["a"]
+        agr = agreement(a_post["q05"], a_post["q95"], b["a_q05"], b["a_q95"])
+        print(f"a = beta/(alpha+beta), 90% intervals: bayescale [{a_post['q05']:.4f}, "
+              f"{a_post['q95']:.4f}] (median {a_post['q50']:.4f}); bootstrap [{b['a_q05']:.4f}, "
+              f"{b['a_q95']:.4f}] (point {b['point']['a']:.4f}); endpoint differences "
+              f"{agr['d_lo']:.4f}, {agr['d_hi']:.4f}; overlap {agr['overlap_iou']:.2f}; "
+              f"agree ({agr['rule']}): {'YES' if agr['agree'] else 'NO'}")
+        summary["a_interval"] = {"bayescale": [a_post["q05"], a_post["q95"]],
+                                 "bootstrap": [b["a_q05"], b["a_q95"]], **agr}
+    else:
+        print(f"a = beta/(alpha+beta), bootstrap 90% interval: [{b['a_q05']:.4f}, "
+              f"{b['a_q95']:.4f}] (no bayescale fit to compare)")
+    print(json.dumps(summary, default=float))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
