@@ -361,12 +361,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
-    """Commands that live in other modules (trainer, plots, design), registered if present."""
-    try:
-        from .train.cli import add_commands
-    except ImportError:
-        return
-    add_commands(sub)
+    """Commands that live in other modules (trainer, figures), registered when present.
+
+    A module that is absent is skipped; one that is present but broken fails loudly.
+    """
+    from importlib import import_module
+    from importlib.util import find_spec
+
+    for name in ("bayescale.train.cli", "bayescale.plot_cli"):
+        if find_spec(name) is not None:
+            import_module(name).add_commands(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
