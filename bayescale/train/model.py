@@ -121,7 +121,7 @@ class Transformer(nn.Module):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
 
     def num_params(self, *, non_embedding: bool = True) -> int:
-        """Parameter count; with ``non_embedding`` the token and position embeddings are left out."""
+        """Parameter count; ``non_embedding`` leaves out the token and position embeddings."""
         n = sum(p.numel() for p in self.parameters())  # tied weights are counted once
         if non_embedding:
             n -= self.wte.weight.numel() + self.wpe.weight.numel()

@@ -1,0 +1,410 @@
+"""Train one run to its own token budget, crash-safe, and write ``run.json`` + ``curve.csv``.
+
+Rules across sizes (used when ``batch_size`` / ``lr`` are left at 0):
+
+- batch size (sequences) = the power of two nearest ``D / (200 context)``, clipped to
+  [4, 64]: every run takes at least ~100 optimizer steps, and large runs use 64 x context
+  tokens per step.
+- peak learning rate = ``min(1e-2, 3e-3 * 128 / d_model)`` (muP-like 1/width scaling).
+- warm-up over 5% of the steps (at least 1), then cosine decay to 10% of the peak at the last
+  step: the schedule length is the run's own token budget, so its final loss is valid.
+
+Data order: the training split is cut into disjoint ``context + 1`` windows, shuffled once by
+``seed``; step ``i`` takes the next ``batch_size`` windows. No run sees a training token twice,
+and the batch at any step is a function of (seed, step) alone, so a resumed run is exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..errors import InputError
+from ..runs import RUN_SCHEMA, write_run_record
+from .data import Corpus, eval_windows, train_windows
+from .model import ModelConfig, Transformer, flops_per_token, non_embedding_params
+
+CURVE_HEADER = ["step", "tokens", "lr", "train_loss", "val_loss"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train one run; 0 means "use the rule in the module docstring"."""
+
+    tokens: int = 200_000  # token budget D (rounded down to whole steps)
+    batch_size: int = 0  # sequences per optimizer step (global, across ranks); 0: rule
+    lr: float = 0.0  # peak learning rate; 0: rule
+    warmup_frac: float = 0.05  # fraction of steps for linear warm-up
+    min_lr_frac: float = 0.1  # cosine decays to this fraction of the peak
+    weight_decay: float = 0.1  # AdamW decoupled weight decay on matrices only
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max global gradient norm
+    seed: int = 0  # init, data order and dropout
+    eval_tokens: int = 32_768  # size of the fixed held-out set (targets)
+    eval_every: int = 0  # steps between evaluations; 0: about 5 per run (and at the end)
+    ckpt_seconds: float = 180.0  # checkpoint at most this often (and on SIGTERM/SIGINT)
+    ckpt_steps: int = 0  # also checkpoint every this many steps (0: off; used by tests)
+    device: str = "auto"  # auto | cpu | cuda
+    compile: bool = False  # torch.compile the model (CUDA)
+    threads: int = 0  # CPU threads for torch; 0: leave torch's default
+
+
+def resolve_batch_size(tokens: int, context: int) -> int:
+    b = tokens / (200 * context)
+    return int(min(64, max(4, 2 ** round(math.log2(max(b, 1.0))))))
+
+
+def resolve_lr(d_model: int) -> float:
+    return min(1e-2, 3e-3 * 128 / d_model)
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int, min_frac: float) -> float:
+    """Linear warm-up for ``warmup`` steps, then cosine to ``min_frac * peak`` at ``total - 1``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    span = max(1, total - 1 - warmup)
+    p = min(1.0, (step - warmup) / span)
+    return peak * (min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def format_tokens(n: float) -> str:
+    """Compact token count for run ids: 2000000 -> '2e6', 250000 -> '2.5e5'."""
+    e = int(math.floor(math.log10(n)))
+    m = n / 10**e
+    ms = f"{m:.2f}".rstrip("0").rstrip(".")
+    return f"{ms}e{e}"
+
+
+def run_id_for(m: ModelConfig, t: TrainConfig) -> str:
+    shape = f"l{m.n_layer}-d{m.d_model}-h{m.n_head}-c{m.context}"
+    return f"{shape}-t{format_tokens(t.tokens)}-s{t.seed}"
+
+
+class _Stop(Exception):
+    pass
+
+
+def _dist_info() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) from torchrun's environment (1 process without it)."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
+            int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def _pick_device(name: str, local_rank: int) -> torch.device:
+    if name not in ("auto", "cpu", "cuda"):
+        raise InputError(f"expected auto, cpu or cuda, got {name!r}", field="device")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("CUDA was requested but is not available", field="device")
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _read_curve(path: Path) -> list[list[Any]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[1:]
+
+
+def _write_curve(path: Path, rows: list[list[Any]]) -> None:
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(CURVE_HEADER)
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def train_run(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    corpus: Corpus,
+    runs_dir: str | os.PathLike[str],
+    *,
+    run_id: str | None = None,
+    log=None,
+) -> dict[str, Any]:
+    """Train one run (or resume it from ``ckpt.pt``) and return its run record.
+
+    A run whose ``run.json`` already says ``completed`` is not trained again; its record is
+    returned. Progress lines go to ``log`` (a callable taking a string; None for silence).
+    """
+    t_start = time.time()
+    rank, local_rank, world = _dist_info()
+    master = rank == 0
+    say = (log if (log and master) else (lambda s: None))
+    if model_cfg.vocab_size < corpus.vocab_size:
+        raise InputError(f"vocab_size {model_cfg.vocab_size} < the corpus's {corpus.vocab_size}",
+                         field="vocab_size")
+    T = model_cfg.context
+    B = train_cfg.batch_size or resolve_batch_size(train_cfg.tokens, T)
+    if B % world:
+        raise InputError(f"batch size {B} is not divisible by WORLD_SIZE={world}",
+                         field="batch_size")
+    lr_peak = train_cfg.lr or resolve_lr(model_cfg.d_model)
+    steps = train_cfg.tokens // (B * T)
+    if steps < 1:
+        raise InputError(f"token budget {train_cfg.tokens} is below one step ({B * T} tokens)",
+                         field="tokens")
+    n_win = train_windows(corpus.train.size, T)
+    if steps * B > n_win:
+        raise InputError(
+            f"token budget {train_cfg.tokens} needs {steps * B} windows of {T + 1} tokens but the "
+            f"training split has {n_win} ({corpus.train.size} tokens); each token is used at most "
+            "once, so lower --tokens or bring a larger corpus", field="tokens")
+    D = steps * B * T
+    warmup = max(1, round(train_cfg.warmup_frac * steps))
+    eval_every = train_cfg.eval_every or max(1, steps // 5)
+
+    run_id = run_id or run_id_for(model_cfg, train_cfg)
+    run_dir = Path(runs_dir) / run_id
+    run_json, curve_path = run_dir / "run.json", run_dir / "curve.csv"
+    ckpt_path = run_dir / "ckpt.pt"
+    import json
+
+    if run_json.exists():
+        old = json.loads(run_json.read_text())
+        if old.get("status") == "completed":
+            say(f"[{run_id}] already completed (loss {old.get('loss'):.4f}); skipping")
+            return old
+
+    device = _pick_device(train_cfg.device, local_rank)
+    if train_cfg.threads:
+        torch.set_num_threads(train_cfg.threads)
+    ddp = world > 1
+    if ddp:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    torch.manual_seed(train_cfg.seed)
+    model = Transformer(model_cfg).to(device)
+    N = model.num_params(non_embedding=True)
+    assert N == non_embedding_params(model_cfg)
+    N_total = model.num_params(non_embedding=False)
+    fpt = flops_per_token(model_cfg)
+
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "wpe" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "wpe" in n]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": train_cfg.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr_peak, betas=(train_cfg.beta1, train_cfg.beta2),
+        fused=device.type == "cuda",
+    )
+    train_model: torch.nn.Module = model
+    if train_cfg.compile:
+        train_model = torch.compile(model)  # type: ignore[assignment]
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(
+            train_model, device_ids=[local_rank] if device.type == "cuda" else None)
+    def autocast():
+        if device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # data order: a permutation of disjoint windows, a function of the seed alone
+    perm = np.random.default_rng(train_cfg.seed).permutation(n_win)[: steps * B]
+    ev = torch.from_numpy(eval_windows(corpus.val, T, train_cfg.eval_tokens))
+    ev_targets = ev[:, 1:].numpy()
+
+    config = {
+        "model": model_cfg.to_dict(),
+        "train": {**asdict(train_cfg), "batch_size": B, "lr": lr_peak, "steps": steps,
+                  "warmup_steps": warmup, "world_size": world,
+                  "schedule": "linear warm-up, cosine to min_lr_frac at the last step",
+                  "embeddings": "tied input/output"},
+        "data": {**corpus.info, "eval_tokens": int(ev_targets.size),
+                 "order": "disjoint context+1 windows, shuffled by seed, each used once"},
+    }
+    env = {"device": device.type, "torch": torch.__version__, "bayescale": __version__,
+           "threads": torch.get_num_threads(), "world_size": world}
+    record: dict[str, Any] = {
+        "schema": RUN_SCHEMA, "run_id": run_id, "status": "running", "group": corpus.name,
+        "N": N, "N_total": N_total, "D": D, "C": fpt["6N"] * D, "C_full": fpt["full"] * D,
+        "loss": None, "bits_per_byte": None, "seed": train_cfg.seed,
+        "config": config, "env": env, "wall_seconds": 0.0,
+    }
+
+    # resume
+    step, curve, wall_before, resumed_acc = 0, [], 0.0, (0.0, 0)
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if ck["config"] != json.loads(json.dumps({"model": config["model"],
+                                                  "train": _resume_key(config["train"])})):
+            raise InputError("ckpt.pt was made with a different configuration; remove the run "
+                             "folder or change --runs", file=str(ckpt_path))
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        torch.set_rng_state(ck["rng_cpu"])
+        if device.type == "cuda" and "rng_cuda" in ck:
+            torch.cuda.set_rng_state(ck["rng_cuda"], device)
+        step, wall_before = int(ck["step"]), float(ck["wall_seconds"])
+        resumed_acc = (float(ck.get("train_loss_acc", 0.0)), int(ck.get("n_acc", 0)))
+        curve = _read_curve(curve_path)
+        curve = [r for r in curve if int(r[0]) <= step]
+        say(f"[{run_id}] resuming at step {step}/{steps}")
+    if master:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_record(run_dir, record)
+
+    def save_ckpt() -> None:
+        if not master:
+            return
+        ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+              "train_loss_acc": train_loss_acc, "n_acc": n_acc,
+              "rng_cpu": torch.get_rng_state(), "wall_seconds": wall_before + time.time() - t_start,
+              "config": json.loads(json.dumps({"model": config["model"],
+                                               "train": _resume_key(config["train"])}))}
+        if device.type == "cuda":
+            ck["rng_cuda"] = torch.cuda.get_rng_state(device)
+        tmp = ckpt_path.with_suffix(".pt.tmp")
+        torch.save(ck, tmp)
+        os.replace(tmp, ckpt_path)
+        _write_curve(curve_path, curve)
+
+    @torch.no_grad()
+    def evaluate() -> float:
+        model.eval()
+        tot, n = 0.0, 0
+        for i in range(0, ev.shape[0], 64):
+            x = ev[i:i + 64].to(device)
+            with autocast():
+                _, loss = model(x[:, :-1], x[:, 1:])
+            tot += float(loss) * x[:, 1:].numel()
+            n += x[:, 1:].numel()
+        model.train()
+        return tot / n
+
+    stop = {"sig": 0}
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        stop["sig"] = signum
+
+    old_handlers = {}
+    if master and _main_thread():
+        for s in (signal.SIGTERM, signal.SIGINT):
+            old_handlers[s] = signal.signal(s, on_signal)
+
+    B_local = B // world
+    last_ckpt = time.time()
+    t_log, tok_log = time.time(), 0
+    train_loss_acc, n_acc = resumed_acc
+    status, reason = "completed", None
+    try:
+        model.train()
+        while step < steps:
+            lr = lr_at(step, steps, lr_peak, warmup, train_cfg.min_lr_frac)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            # dropout RNG is a function of (seed, step) so that a resumed run is exact
+            torch.manual_seed(train_cfg.seed * 1_000_003 + step)
+            idx = perm[step * B + rank * B_local: step * B + (rank + 1) * B_local]
+            starts = idx.astype(np.int64) * (T + 1)
+            batch = np.stack([corpus.train[s:s + T + 1] for s in starts]).astype(np.int64)
+            xy = torch.from_numpy(batch).to(device, non_blocking=True)
+            with autocast():
+                _, loss = train_model(xy[:, :-1], xy[:, 1:])
+            lv = float(loss.detach())
+            if not math.isfinite(lv):
+                status, reason = "diverged", f"non-finite training loss ({lv}) at step {step}"
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+            opt.step()
+            step += 1
+            train_loss_acc += lv
+            n_acc += 1
+            tok_log += B * T
+            last = step == steps
+            if master and (step % eval_every == 0 or last):
+                vl = evaluate()
+                if not math.isfinite(vl):
+                    status, reason = "diverged", f"non-finite held-out loss ({vl}) at step {step}"
+                    break
+                curve.append([step, step * B * T, f"{lr:.6g}", f"{train_loss_acc / n_acc:.6f}",
+                              f"{vl:.6f}"])
+                train_loss_acc, n_acc = 0.0, 0
+                dt = time.time() - t_log
+                tps = tok_log / max(dt, 1e-9)
+                eta = (steps - step) * B * T / max(tps, 1e-9)
+                say(f"[{run_id}] step {step}/{steps} tokens {step * B * T:.3g} train {lv:.4f} "
+                    f"val {vl:.4f} lr {lr:.3g} {tps:,.0f} tok/s ETA {eta:.0f}s")
+                t_log, tok_log = time.time(), 0
+            if last:
+                break
+            want = bool(stop["sig"]) or (time.time() - last_ckpt > train_cfg.ckpt_seconds) or (
+                train_cfg.ckpt_steps and step % train_cfg.ckpt_steps == 0)
+            if ddp:
+                import torch.distributed as dist
+
+                flag = torch.tensor([int(bool(want)), stop["sig"]], device=device)
+                dist.broadcast(flag, 0)
+                want, stop["sig"] = bool(flag[0]), int(flag[1])
+            if want:
+                save_ckpt()
+                last_ckpt = time.time()
+            if stop["sig"]:
+                raise _Stop()
+    except _Stop:
+        say(f"[{run_id}] stopped by signal {stop['sig']} at step {step}; checkpoint saved, "
+            "re-run the same command to resume")
+        raise KeyboardInterrupt from None
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+
+    wall = wall_before + time.time() - t_start
+    record["wall_seconds"] = round(wall, 3)
+    record["status"] = status
+    if status == "completed":
+        final = float(curve[-1][4])
+        record["loss"] = final
+        record["bits_per_byte"] = corpus.bits_per_byte(final, ev_targets)
+    else:
+        record["reason"] = reason
+    if master:
+        _write_curve(curve_path, curve)
+        write_run_record(run_dir, record)
+        if ckpt_path.exists():
+            ckpt_path.unlink()
+        say(f"[{run_id}] {status}: loss {record['loss']} N {N} D {D} in {wall:.1f}s")
+    return record
+
+
+def _resume_key(train: dict[str, Any]) -> dict[str, Any]:
+    """The training settings a checkpoint must agree on (not device or checkpoint cadence)."""
+    skip = {"device", "ckpt_seconds", "ckpt_steps", "threads", "compile"}
+    return {k: v for k, v in train.items() if k not in skip}
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def stderr_log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)

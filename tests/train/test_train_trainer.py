@@ -1,0 +1,138 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("tokenizers")
+
+from bayescale.errors import InputError  # noqa: E402
+from bayescale.runs import load_runs  # noqa: E402
+from bayescale.train.data import load_corpus  # noqa: E402
+from bayescale.train.model import ModelConfig  # noqa: E402
+from bayescale.train.trainer import TrainConfig, lr_at, train_run  # noqa: E402
+
+MODEL = dict(n_layer=1, d_model=16, n_head=2, context=16, vocab_size=300)
+TRAIN = dict(tokens=16 * 8 * 60, batch_size=8, eval_tokens=512, threads=1, ckpt_seconds=1e9)
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    src = root / "txt"
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    words = ["the", "king", "queen", "lord", "and", "of", "thou", "art", "shall", "love", "night"]
+    for i in range(10):
+        text = "\n".join(" ".join(rng.choice(words, size=10)) for _ in range(300))
+        (src / f"d{i}.txt").write_text(text + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def corpus(corpus_dir):
+    return load_corpus(str(corpus_dir / "txt"), vocab_size=300, cache=corpus_dir / "cache")
+
+
+def _run(corpus, runs, **over):
+    t = TrainConfig(**{**TRAIN, **over})
+    return train_run(ModelConfig(**MODEL), t, corpus, runs)
+
+
+def test_schedule():
+    assert lr_at(0, 100, 1.0, 10, 0.1) == pytest.approx(0.1)
+    assert lr_at(9, 100, 1.0, 10, 0.1) == pytest.approx(1.0)
+    assert lr_at(99, 100, 1.0, 10, 0.1) == pytest.approx(0.1)
+
+
+def test_tiny_run_writes_valid_record(corpus, tmp_path):
+    rec = _run(corpus, tmp_path)
+    assert rec["status"] == "completed"
+    run_dir = tmp_path / rec["run_id"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["curve.csv", "run.json"]
+    on_disk = json.loads((run_dir / "run.json").read_text())
+    assert on_disk == json.loads(json.dumps(rec))
+    assert rec["D"] == 16 * 8 * 60 and rec["C"] == 6 * rec["N"] * rec["D"]
+    assert rec["C_full"] > rec["C"] and 0 < rec["bits_per_byte"] < rec["loss"]
+    df = load_runs(tmp_path)
+    assert len(df) == 1 and df["loss"].iloc[0] == pytest.approx(rec["loss"])
+    lines = (run_dir / "curve.csv").read_text().splitlines()
+    assert lines[0] == "step,tokens,lr,train_loss,val_loss" and lines[-1].startswith("60,7680,")
+    # the loss went down, and a rerun of a completed run is skipped
+    assert float(lines[-1].split(",")[-1]) < float(lines[1].split(",")[-1])
+    assert _run(corpus, tmp_path)["wall_seconds"] == rec["wall_seconds"]
+
+
+def test_huge_lr_is_recorded_as_diverged(corpus, tmp_path):
+    rec = _run(corpus, tmp_path, lr=1e12, grad_clip=1e30)
+    assert rec["status"] == "diverged" and "non-finite" in rec["reason"]
+    assert json.loads((tmp_path / rec["run_id"] / "run.json").read_text())["status"] == "diverged"
+
+
+def test_budget_beyond_training_split_is_refused(corpus, tmp_path):
+    with pytest.raises(InputError, match="at most"):
+        _run(corpus, tmp_path, tokens=10**8)
+
+
+def test_sigkill_and_resume_equals_uninterrupted(corpus, corpus_dir, tmp_path):
+    ref = _run(corpus, tmp_path / "ref", tokens=16 * 8 * 150)
+    runs = tmp_path / "killed"
+    code = (
+        "import sys, os\n"
+        "from pathlib import Path\n"
+        "from bayescale.train.data import load_corpus\n"
+        "from bayescale.train.model import ModelConfig\n"
+        "from bayescale.train.trainer import TrainConfig, train_run\n"
+        f"c = load_corpus({str(corpus_dir / 'txt')!r}, vocab_size=300, "
+        f"cache=Path({str(corpus_dir / 'cache')!r}))\n"
+        f"t = TrainConfig(**{ {**TRAIN, 'tokens': 16 * 8 * 150, 'ckpt_steps': 5}!r})\n"
+        f"train_run(ModelConfig(**{MODEL!r}), t, c, {str(runs)!r})\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
+    ckpt = runs / ref["run_id"] / "ckpt.pt"
+    deadline = time.time() + 60
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.05)  # let it get a few steps past the checkpoint
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    proc.stderr.close()
+    assert json.loads((runs / ref["run_id"] / "run.json").read_text())["status"] == "running"
+    assert ckpt.exists()
+    step = torch.load(ckpt, weights_only=True)["step"]
+    assert 0 < step < 150
+    resumed = _run(corpus, runs, tokens=16 * 8 * 150)
+    assert resumed["status"] == "completed"
+    assert resumed["loss"] == ref["loss"]
+    assert not ckpt.exists()
+    assert (runs / ref["run_id"] / "curve.csv").read_text() == (
+        tmp_path / "ref" / ref["run_id"] / "curve.csv").read_text()
+
+
+def test_cli_train_json(corpus_dir, tmp_path, capsys):
+    import argparse
+
+    from bayescale.train.cli import add_commands
+
+    ap = argparse.ArgumentParser()
+    add_commands(ap.add_subparsers())
+    os.environ["BAYESCALE_CACHE"] = str(corpus_dir / "cache")
+    try:
+        args = ap.parse_args(["train", "--data", str(corpus_dir / "txt"), "--vocab-size", "300",
+                              "--n-layer", "1", "--d-model", "16", "--n-head", "2", "--context",
+                              "16", "--tokens", "2048", "--batch-size", "8", "--eval-tokens",
+                              "256", "--runs", str(tmp_path), "--json", "--threads", "1"])
+        assert args.func(args) == 0
+    finally:
+        del os.environ["BAYESCALE_CACHE"]
+    out = capsys.readouterr().out
+    rec = json.loads(out)
+    assert rec["status"] == "completed" and out.count("\n") == 1
+    assert Path(tmp_path, rec["run_id"], "run.json").exists()
