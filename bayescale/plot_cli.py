@@ -1,0 +1,455 @@
+"""The ``plot``, ``compare`` and ``report`` commands (registered by :mod:`bayescale.cli`).
+
+Heavy libraries are imported inside the commands. Bad input raises
+:class:`bayescale.errors.InputError`, which the CLI turns into exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+
+def _log(args: argparse.Namespace, msg: str) -> None:
+    if not getattr(args, "json", False):
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _emit(obj: Any) -> None:
+    from .cli import _emit_json
+
+    _emit_json(obj)
+
+
+def _out_dir(path: str) -> Path:
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise InputError(
+            "exists and is not a directory; expected a directory for the output",
+            file=str(out),
+            field="--out",
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(
+            f"could not create the directory: {e.strerror or e}", file=str(out), field="--out"
+        ) from None
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# plot
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .inference import load_posterior
+    from .plots import plot_all
+
+    idata = load_posterior(args.model)
+    out = _out_dir(args.out or str(Path(args.model).with_suffix("")) + "-plots")
+    _log(args, f"drawing figures of {args.model} into {out}/ ...")
+    paths = plot_all(idata, out, fmt=args.format)
+    if args.json:
+        _emit({"model": args.model, "figures": [str(p) for p in paths]})
+    else:
+        print("\n".join(str(p) for p in paths))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# compare
+
+PARETO_K_BAD = 0.7  # PSIS estimates are unreliable above this (Vehtari et al. 2017/2024)
+
+
+def compare_models(models: dict[str, Any]) -> dict[str, Any]:
+    """PSIS-LOO comparison of posteriors fitted to the same data.
+
+    Parameters
+    ----------
+    models
+        ``{name: InferenceData}``, at least two, each with a ``log_likelihood`` group.
+
+    Returns
+    -------
+    dict
+        ``table``: one row per model, best first (``elpd_loo, se, p_loo, elpd_diff, dse,
+        weight, pareto_k_bad``), and ``pareto_k_threshold``.
+    """
+    import warnings
+
+    import numpy as np
+
+    from ._arviz import az
+    from .inference import metadata
+
+    if len(models) < 2:
+        raise InputError(
+            f"expected at least two posteriors to compare, got {len(models)}", field="MODEL"
+        )
+    ref = None
+    for name, idata in models.items():
+        if "log_likelihood" not in idata.groups():
+            raise InputError(
+                "has no log_likelihood group; refit with `bayescale fit`",
+                file=name,
+                field="log_likelihood",
+            )
+        y = np.asarray(idata.observed_data["log_loss"].values)
+        if ref is None:
+            ref = (name, y)
+        elif y.shape != ref[1].shape or not np.allclose(y, ref[1]):
+            raise InputError(
+                f"was fitted to different data than {ref[0]} ({y.size} vs "
+                f"{ref[1].size} runs, or different values); LOO compares fits of the "
+                "same data",
+                file=name,
+                field="observed_data",
+            )
+    loos = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # arviz: high Pareto k (counted below)
+        for name, idata in models.items():
+            loos[name] = az.loo(idata, var_name="log_loss", pointwise=True)
+        df = az.compare(loos, ic="loo")
+    rows = []
+    for name, r in df.iterrows():
+        k = np.asarray(loos[name].pareto_k)
+        rows.append(
+            {
+                "model": str(name),
+                "law": metadata(models[name])["law"],
+                "rank": int(r["rank"]),
+                "elpd_loo": float(r["elpd_loo"]),
+                "se": float(r["se"]),
+                "p_loo": float(r["p_loo"]),
+                "elpd_diff": float(r["elpd_diff"]),
+                "dse": float(r["dse"]),
+                "weight": float(r["weight"]),
+                "pareto_k_bad": int(np.sum(k > PARETO_K_BAD)),
+                "n_obs": int(k.size),
+            }
+        )
+    return {"table": rows, "pareto_k_threshold": PARETO_K_BAD}
+
+
+def plot_compare(models: dict[str, Any], *, extrapolate_decades: float = 2.0) -> Any:
+    """Overlay of the frontiers ``L*(C)`` and allocations ``N*(C)`` of several posteriors."""
+    import numpy as np
+
+    from .plots import (
+        LABEL_C,
+        LABEL_LOSS,
+        OKABE_ITO,
+        _bands,
+        _figure,
+        _logspace,
+        _loss_axis,
+        _observed,
+    )
+    from .posterior import optimal_draws
+
+    colors = [OKABE_ITO[c] for c in ("blue", "vermillion", "green", "purple", "orange", "sky")]
+    C_all = np.concatenate([_observed(m)["C"] for m in models.values()])
+    grid = _logspace(C_all.min() / 3, C_all.max() * 10**extrapolate_decades, 60)
+    fig, axes = _figure(1, 2, width=12.0, height=4.8, sharex=True)
+    for i, (name, idata) in enumerate(models.items()):
+        from .inference import metadata
+
+        dr = optimal_draws(idata, grid)
+        c = colors[i % len(colors)]
+        law = metadata(idata)["law"]
+        label = name if law in name else f"{name} ({law} law)"
+        _bands(axes[0, 0], grid, dr["loss"], color=c, label=label, band_label=i == 0)
+        _bands(axes[0, 1], grid, dr["N_opt"], color=c, label=label, band_label=i == 0)
+    for ax in axes[0]:
+        ax.axvline(C_all.max(), color="0.35", ls=":", lw=1.0, label="largest observed budget")
+        ax.set_xscale("log")
+        ax.set_xlabel(LABEL_C)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=8)
+    _loss_axis(axes[0, 0])
+    axes[0, 0].set_ylabel("L*(C), " + LABEL_LOSS)
+    axes[0, 0].set_title("compute-optimal frontier", fontsize=10)
+    axes[0, 1].set_yscale("log")
+    axes[0, 1].set_ylabel("N*, optimal parameters")
+    axes[0, 1].set_title("compute-optimal model size", fontsize=10)
+    fig.suptitle("Comparison of fits: " + ", ".join(models), fontsize=11)
+    return fig
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .cli import _fmt, _table
+    from .inference import load_posterior
+
+    names = [str(Path(m).stem) for m in args.models]
+    if len(set(names)) < len(names):
+        names = list(args.models)
+    if len(set(names)) < len(names):
+        raise InputError("the same file is given twice", field="MODEL")
+    models = {n: load_posterior(m) for n, m in zip(names, args.models, strict=True)}
+    res = compare_models(models)
+    fig_path = None
+    if args.out:
+        out = _out_dir(args.out)
+        fig_path = out / f"compare.{args.format}"
+        plot_compare(models).savefig(fig_path, dpi=110)
+        res["figure"] = str(fig_path)
+    if args.json:
+        _emit(res)
+        return 0
+    rows = [
+        [
+            r["model"],
+            r["law"],
+            _fmt(r["elpd_loo"]),
+            _fmt(r["se"]),
+            _fmt(r["elpd_diff"]),
+            _fmt(r["dse"]),
+            _fmt(r["p_loo"]),
+            f"{r['weight']:.3f}",
+            f"{r['pareto_k_bad']}/{r['n_obs']}",
+        ]
+        for r in res["table"]
+    ]
+    print(
+        _table(
+            rows,
+            [
+                "model",
+                "law",
+                "elpd_loo",
+                "se",
+                "elpd_diff",
+                "dse",
+                "p_loo",
+                "weight",
+                f"k>{PARETO_K_BAD}",
+            ],
+        )
+    )
+    print(
+        "(PSIS-LOO on log loss; higher elpd is better; elpd_diff and dse are relative to the best)"
+    )
+    bad = [r for r in res["table"] if r["pareto_k_bad"]]
+    for r in bad:
+        print(
+            f"warning: {r['model']}: {r['pareto_k_bad']} runs with Pareto k > {PARETO_K_BAD}; "
+            "its LOO estimate is unreliable for them"
+        )
+    if fig_path:
+        print(f"figure: {fig_path}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# report
+
+REPORT_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 0 auto; padding: 1em;
+       color: #222; line-height: 1.4; }
+img { max-width: 100%; height: auto; display: block; margin: 0.5em 0 1.5em; }
+.scroll { overflow-x: auto; max-width: 100%; }
+table { border-collapse: collapse; font-size: 0.9em; font-variant-numeric: tabular-nums; }
+th, td { padding: 0.2em 0.7em; border-bottom: 1px solid #ddd; text-align: right;
+         white-space: nowrap; }
+th:first-child, td:first-child { text-align: left; }
+.ok { color: #009E73; font-weight: bold; } .check { color: #D55E00; font-weight: bold; }
+code { word-break: break-all; }
+"""
+
+
+def _png_b64(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows
+    )
+    table = f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="scroll">{table}</div>'
+
+
+def report_budgets(C_obs: Any, *, extrapolate_decades: int = 2) -> list[float]:
+    """One budget per decade, smallest observed up to ``extrapolate_decades`` past the largest."""
+    import numpy as np
+
+    lo = int(np.floor(np.log10(np.min(C_obs))))
+    hi = int(np.ceil(np.log10(np.max(C_obs)))) + extrapolate_decades
+    return [float(10.0**k) for k in range(lo, hi + 1)]
+
+
+def build_report(idata: Any, *, model_name: str = "model") -> str:
+    """One self-contained HTML page: data, parameters, diagnostics, allocation and figures."""
+    import numpy as np
+
+    from .cli import _fmt
+    from .inference import diagnostics, metadata
+    from .plots import FIGURES, _observed
+    from .posterior import optimal, param_summary
+
+    meta = metadata(idata)
+    obs = _observed(idata)
+    diag = diagnostics(idata)
+    e = html.escape
+    parts = [
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>bayescale report: {e(model_name)}</title><style>{REPORT_CSS}</style></head><body>",
+        f"<h1>bayescale report: <code>{e(model_name)}</code></h1>",
+    ]
+    # data
+    rng = lambda x: f"{_fmt(float(np.min(x)))} – {_fmt(float(np.max(x)))}"  # noqa: E731
+    parts.append("<h2>Data</h2>")
+    parts.append(
+        _html_table(
+            ["", "value"],
+            [
+                ["source", str(meta.get("source"))],
+                ["filter", str(meta.get("filter") or "none")],
+                ["runs", str(meta["n_obs"])],
+                ["N (non-embedding parameters)", rng(obs["N"])],
+                ["D (training tokens)", rng(obs["D"])],
+                ["C (FLOP, 6ND)", rng(obs["C"])],
+                ["loss (nats/token)", rng(obs["loss"])],
+                ["law", meta["law"]],
+                ["likelihood", f"{meta['config']['likelihood']} on log loss"],
+                [
+                    "sampler",
+                    f"{meta['config']['chains']} chains × {meta['config']['draws']} draws "
+                    f"({meta['config']['warmup']} warm-up)",
+                ],
+            ],
+        )
+    )
+    # parameters
+    params = param_summary(idata)
+    parts.append("<h2>Parameters</h2>")
+    parts.append(
+        _html_table(
+            ["", "mean", "sd", "q05", "q50", "q95", "R-hat", "ESS bulk"],
+            [
+                [
+                    k,
+                    _fmt(v["mean"]),
+                    _fmt(v["sd"]),
+                    _fmt(v["q05"]),
+                    _fmt(v["q50"]),
+                    _fmt(v["q95"]),
+                    f"{v['r_hat']:.3f}",
+                    f"{v['ess_bulk']:.0f}",
+                ]
+                for k, v in params.items()
+            ],
+        )
+    )
+    parts.append(
+        "<p>Priors: " + e(", ".join(f"{k} ~ {v}" for k, v in meta["priors"].items())) + "</p>"
+    )
+    # diagnostics
+    ok = not diag["warnings"]
+    parts.append("<h2>Diagnostics</h2>")
+    parts.append(f"<p id='verdict' class='{'ok' if ok else 'check'}'>{'OK' if ok else 'CHECK'}</p>")
+    parts.append(
+        f"<p>max R-hat {diag['max_r_hat']:.4f}, min ESS bulk {diag['min_ess_bulk']:.0f} / tail "
+        f"{diag['min_ess_tail']:.0f}, {diag['divergences']} divergences, max tree depth "
+        f"{diag['max_tree_depth']}</p>"
+    )
+    if diag["warnings"]:
+        parts.append("<ul>" + "".join(f"<li>{e(w)}</li>" for w in diag["warnings"]) + "</ul>")
+    # allocation
+    budgets = report_budgets(obs["C"])
+    alloc = optimal(idata, budgets)
+    iv = lambda s: f"{_fmt(s['q50'])} [{_fmt(s['q05'])}, {_fmt(s['q95'])}]"  # noqa: E731
+    parts.append("<h2>Compute-optimal allocation</h2>")
+    parts.append(
+        "<p>Posterior median [90% interval]. Largest observed budget: "
+        f"{_fmt(float(obs['C'].max()))} "
+        "FLOP; rows beyond it are extrapolations.</p>"
+    )
+    parts.append(
+        _html_table(
+            ["C (FLOP)", "N*", "D*", "loss*", "tokens/param"],
+            [
+                [
+                    _fmt(r["compute"])
+                    + (" (extrapolated)" if r["compute"] > obs["C"].max() else ""),
+                    iv(r["N_opt"]),
+                    iv(r["D_opt"]),
+                    iv(r["loss"]),
+                    iv(r["tokens_per_param"]),
+                ]
+                for r in alloc
+            ],
+        )
+    )
+    # figures
+    parts.append("<h2>Figures</h2>")
+    for name, func in FIGURES.items():
+        parts.append(
+            f"<h3>{e(name)}</h3><img alt='{e(name)}' src='data:image/png;base64,"
+            f"{_png_b64(func(idata))}'>"
+        )
+    parts.append(
+        f"<p><small>bayescale {e(meta['versions']['bayescale'])}; metadata: "
+        f"<code>{e(json.dumps(meta['versions']))}</code></small></p></body></html>"
+    )
+    return "\n".join(parts)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .inference import load_posterior
+
+    idata = load_posterior(args.model)
+    out = _out_dir(args.out)
+    _log(args, f"writing the report of {args.model} ...")
+    page = build_report(idata, model_name=Path(args.model).name)
+    path = out / (Path(args.model).stem + "-report.html")
+    path.write_text(page, encoding="utf-8")
+    if args.json:
+        _emit({"model": args.model, "report": str(path), "bytes": len(page.encode())})
+    else:
+        print(path)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# registration
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register ``plot``, ``compare`` and ``report`` on the ``bayescale`` subparsers."""
+    p = sub.add_parser(
+        "plot", help="figures of a posterior: frontier, isoFLOPs, allocation, checks"
+    )
+    p.add_argument("model", metavar="MODEL.nc")
+    p.add_argument("--out", metavar="DIR", help="output directory (default MODEL-plots/)")
+    p.add_argument("--format", choices=["png", "svg", "pdf"], default="png")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=cmd_plot)
+
+    c = sub.add_parser("compare", help="PSIS-LOO comparison of posteriors fitted to the same data")
+    c.add_argument("models", metavar="MODEL.nc", nargs="+")
+    c.add_argument("--out", metavar="DIR", help="also write an overlay figure compare.FORMAT here")
+    c.add_argument("--format", choices=["png", "svg", "pdf"], default="png")
+    c.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    c.set_defaults(func=cmd_compare)
+
+    r = sub.add_parser("report", help="one self-contained HTML report of a posterior")
+    r.add_argument("model", metavar="MODEL.nc")
+    r.add_argument("--out", metavar="DIR", required=True)
+    r.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    r.set_defaults(func=cmd_report)

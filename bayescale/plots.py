@@ -1,0 +1,855 @@
+"""Figures of a fitted scaling law: what is known, what is not, and where compute should go.
+
+Every function takes the :class:`arviz.InferenceData` written by :func:`bayescale.fit` first,
+options keyword-only, and returns its :class:`matplotlib.figure.Figure`. Figures are built
+without ``pyplot`` (no global figure registry, no screen needed), so notebooks can restyle
+them and tests can inspect them. Credible bands are equal-tailed posterior intervals
+(50% and 90%), as everywhere else in bayescale; each band is a ``fill_between`` collection
+whose ``gid`` is ``"band50"`` or ``"band90"``.
+
+Units: ``N`` non-embedding parameters, ``D`` training tokens, ``C = 6ND`` FLOP, loss in
+nats/token.
+
+Examples
+--------
+>>> import bayescale as bs
+>>> from bayescale import plots
+>>> idata = bs.load_posterior("models/chinchilla-chinchilla.nc")  # doctest: +SKIP
+>>> fig = plots.plot_frontier(idata)  # doctest: +SKIP
+>>> fig.savefig("frontier.png")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+# Okabe-Ito: distinguishable under the common colour-vision deficiencies
+OKABE_ITO = {
+    "orange": "#E69F00",
+    "sky": "#56B4E9",
+    "green": "#009E73",
+    "yellow": "#F0E442",
+    "blue": "#0072B2",
+    "vermillion": "#D55E00",
+    "purple": "#CC79A7",
+    "black": "#000000",
+}
+POSTERIOR_COLOR = OKABE_ITO["blue"]
+PRIOR_COLOR = "#999999"
+DATA_CMAP = "viridis"
+
+# Published allocations drawn for reference on the allocation figure.
+# Kaplan et al. 2020, eq. 6.1 / fig. 14: N_opt = 1.3e9 (C / PF-day)^0.73, 1 PF-day = 8.64e19 FLOP.
+KAPLAN_N_AT_PFDAY = 1.3e9
+KAPLAN_EXPONENT = 0.73
+PF_DAY = 8.64e19
+# Hoffmann et al. 2022 (Chinchilla), Approach 3 parametric fit, unrounded as quoted by
+# Besiroglu et al. 2024: a = beta / (alpha + beta) = 0.4565.
+HOFFMANN_APPROACH3 = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.3392, "beta": 0.2849}
+CHINCHILLA_TOKENS_PER_PARAM = 20.0  # the ~20 tokens/parameter rule of thumb
+
+LABEL_N = "N, non-embedding parameters"
+LABEL_D = "D, training tokens"
+LABEL_C = "C, training compute (FLOP, C = 6ND)"
+LABEL_LOSS = "loss (nats/token)"
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _figure(
+    nrows: int = 1, ncols: int = 1, *, width: float = 7.0, height: float = 4.8, **kw: Any
+) -> tuple[Figure, Any]:
+    """A pyplot-free figure with an Agg canvas and a grid of axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    return fig, axes
+
+
+def _meta(idata: Any) -> dict[str, Any]:
+    from .inference import metadata
+
+    return metadata(idata)
+
+
+def _title(idata: Any, what: str) -> str:
+    m = _meta(idata)
+    src = os.path.basename(str(m.get("source", "")).rstrip("/\\")) or str(m.get("source"))
+    filt = f", {m['filter']}" if m.get("filter") else ""
+    return f"{what}: {m['law']} law, {m['n_obs']} runs from {src}{filt}"
+
+
+def _observed(idata: Any) -> dict[str, np.ndarray]:
+    if "constant_data" not in idata.groups():
+        raise InputError(
+            "the posterior has no constant_data group (N, D, C, loss per run); "
+            "expected a file written by `bayescale fit`",
+            field="constant_data",
+        )
+    cd = idata.constant_data
+    out = {}
+    for k in ("N", "D", "C", "loss"):
+        if k not in cd:
+            raise InputError(
+                f"constant_data has no variable {k!r}; expected a file written by `bayescale fit`",
+                field=f"constant_data.{k}",
+            )
+        out[k] = np.asarray(cd[k].values, dtype=float).ravel()
+    return out
+
+
+def _quantiles(draws: np.ndarray) -> dict[str, np.ndarray]:
+    q = np.quantile(np.asarray(draws, dtype=float), [0.05, 0.25, 0.5, 0.75, 0.95], axis=0)
+    return dict(zip(("q05", "q25", "q50", "q75", "q95"), q, strict=True))
+
+
+def _bands(
+    ax: Axes,
+    x: np.ndarray,
+    draws: np.ndarray,
+    *,
+    color: str,
+    label: str | None = None,
+    inner: bool = True,
+    line: bool = True,
+    alpha: float = 0.18,
+    lw: float = 1.8,
+    band_label: bool = True,
+) -> dict[str, np.ndarray]:
+    """Median line, 90% band and (optionally) 50% band of ``draws`` (draws, points) along ``x``."""
+    q = _quantiles(draws)
+    ax.fill_between(
+        x,
+        q["q05"],
+        q["q95"],
+        color=color,
+        alpha=alpha,
+        lw=0,
+        gid="band90",
+        label="90% credible band" if band_label else None,
+    )
+    if inner:
+        ax.fill_between(
+            x,
+            q["q25"],
+            q["q75"],
+            color=color,
+            alpha=alpha * 2,
+            lw=0,
+            gid="band50",
+            label="50% credible band" if band_label else None,
+        )
+    if line:
+        ax.plot(x, q["q50"], color=color, lw=lw, label=label, gid="median")
+    return q
+
+
+def _logspace(lo: float, hi: float, n: int) -> np.ndarray:
+    return np.logspace(np.log10(lo), np.log10(hi), n)
+
+
+def _within(x: np.ndarray, target: float, factor: float) -> np.ndarray:
+    return np.abs(np.log(x / target)) <= np.log(factor)
+
+
+def _sci(x: float) -> str:
+    """``3e+19`` -> ``3e19`` (compact labels)."""
+    m, e = f"{x:.1e}".split("e")
+    m = m.rstrip("0").rstrip(".")
+    return f"{m}e{int(e)}"
+
+
+def _loss_axis(ax: Axes, which: str = "y") -> None:
+    """Log scale with plain-number ticks, for loss (which spans a factor of ~2-3, not decades).
+
+    Call after the data are drawn: ticks are chosen from the current limits.
+    """
+    from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullFormatter
+
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    (ax.set_yscale if which == "y" else ax.set_xscale)("log")
+    ax.autoscale_view()
+    lo, hi = ax.get_ylim() if which == "y" else ax.get_xlim()
+    for step in (0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.0, 5.0):
+        ticks = np.arange(np.ceil(lo / step) * step, hi + 1e-9, step)
+        if len(ticks) <= 7:
+            break
+    axis.set_major_locator(FixedLocator(np.round(ticks, 6)))
+    axis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _default_budgets(C: np.ndarray, n: int) -> np.ndarray:
+    lo, hi = np.quantile(np.log10(C), [0.05, 0.95])
+    raw = np.logspace(lo, hi, n)
+    # round to one significant digit so the legend reads cleanly
+    return np.array([float(f"{c:.0e}") for c in raw])
+
+
+# --------------------------------------------------------------------------------------------
+# figures
+
+
+def plot_frontier(idata: Any, *, extrapolate_decades: float = 2.0, n_budgets: int = 80) -> Figure:
+    """Loss vs compute: observed runs and the compute-optimal frontier ``L*(C)`` with bands.
+
+    Parameters
+    ----------
+    idata
+        A posterior from :func:`bayescale.fit` or :func:`bayescale.load_posterior`.
+    extrapolate_decades
+        How far beyond the largest observed budget to draw the frontier, in decades of C.
+    n_budgets
+        Number of budgets on the frontier's grid.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One axes: runs coloured by N (colorbar), frontier median, 50% and 90% bands.
+    """
+    from matplotlib.colors import LogNorm
+
+    from .posterior import optimal_draws
+
+    obs = _observed(idata)
+    c_max = obs["C"].max()
+    grid = _logspace(obs["C"].min() / 3, c_max * 10**extrapolate_decades, n_budgets)
+    loss_draws = optimal_draws(idata, grid)["loss"]
+    fig, axes = _figure(
+        2, 1, width=7.5, height=6.4, sharex=True, gridspec_kw={"height_ratios": [3.2, 1.0]}
+    )
+    ax, ax_w = axes[0, 0], axes[1, 0]
+    q = _bands(ax, grid, loss_draws, color=POSTERIOR_COLOR, label="L*(C), posterior median")
+    sc = ax.scatter(
+        obs["C"],
+        obs["loss"],
+        c=obs["N"],
+        cmap=DATA_CMAP,
+        norm=LogNorm(),
+        s=16,
+        edgecolors="none",
+        alpha=0.85,
+        label=f"observed runs ({obs['C'].size})",
+        gid="observed",
+        zorder=3,
+    )
+    fig.colorbar(sc, ax=ax, label=LABEL_N)
+    for a in (ax, ax_w):
+        a.axvline(
+            c_max,
+            color="0.35",
+            ls=":",
+            lw=1.2,
+            label="largest observed budget" if a is ax else None,
+        )
+        a.grid(True, which="major", alpha=0.3)
+    ax.set_xscale("log")
+    _loss_axis(ax)
+    ax.set_ylabel(LABEL_LOSS)
+    ax.set_title(_title(idata, "Compute-optimal frontier"), fontsize=10)
+    ax.text(
+        c_max * 1.4,
+        0.97,
+        "extrapolation →",
+        transform=ax.get_xaxis_transform(),
+        va="top",
+        fontsize=8,
+        color="0.35",
+    )
+    ax.legend(loc="lower left", fontsize=8)
+    # the bands are thin where there are data: show their width on its own axis
+    width90 = 100 * (q["q95"] - q["q05"]) / q["q50"]
+    width50 = 100 * (q["q75"] - q["q25"]) / q["q50"]
+    ax_w.plot(grid, width90, color=POSTERIOR_COLOR, lw=1.6, label="90% band", gid="width90")
+    ax_w.plot(
+        grid, width50, color=POSTERIOR_COLOR, lw=1.6, ls="--", label="50% band", gid="width50"
+    )
+    ax_w.set_ylim(0, None)
+    ax_w.set_ylabel("band width\n(% of median)")
+    ax_w.set_xlabel(LABEL_C)
+    ax_w.legend(loc="upper left", fontsize=8)
+    return fig
+
+
+def plot_isoflops(
+    idata: Any,
+    *,
+    budgets: Sequence[float] | None = None,
+    n_budgets: int = 5,
+    within: float = 1.5,
+    span: float = 30.0,
+    n_points: int = 60,
+) -> Figure:
+    """IsoFLOP slices: loss vs N at fixed budgets, with the posterior of ``N*(C)`` marked.
+
+    Parameters
+    ----------
+    idata
+        A posterior from :func:`bayescale.fit`.
+    budgets
+        Budgets in FLOP; default ``n_budgets`` log-spaced across the observed budgets.
+    n_budgets
+        How many default budgets.
+    within
+        Observed runs with ``C`` within this factor of a budget are drawn on its slice.
+    span
+        Each slice covers ``N*`` divided and multiplied by this factor.
+    n_points
+        Grid points per slice.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One axes: per budget a median curve and 90% band, its nearby runs, and ``N*(C)``
+        (median marker with a horizontal 90% interval).
+    """
+    from .posterior import optimal_draws, predict_draws
+
+    obs = _observed(idata)
+    C_list = (
+        _default_budgets(obs["C"], n_budgets) if budgets is None else np.asarray(budgets, float)
+    )
+    if C_list.size == 0 or np.any(~np.isfinite(C_list)) or np.any(C_list <= 0):
+        raise InputError(
+            f"expected budgets > 0, got {np.asarray(budgets).tolist()}", field="budgets"
+        )
+    opt = optimal_draws(idata, C_list)
+    cmap = _colormap(DATA_CMAP)
+    fig, axes = _figure(width=7.5, height=5.0)
+    ax = axes[0, 0]
+    for j, C in enumerate(C_list):
+        color = cmap(0.9 * j / max(len(C_list) - 1, 1))
+        n_med = float(np.median(opt["N_opt"][:, j]))
+        N = _logspace(n_med / span, n_med * span, n_points)
+        dr = predict_draws(idata, N, C / (6.0 * N), noise=False)
+        _bands(
+            ax,
+            N,
+            dr,
+            color=color,
+            label=f"C = {_sci(C)} FLOP",
+            inner=False,
+            alpha=0.22,
+            band_label=False,
+        )
+        near = _within(obs["C"], C, within)
+        ax.scatter(
+            obs["N"][near],
+            obs["loss"][near],
+            color=color,
+            s=18,
+            edgecolors="white",
+            linewidths=0.4,
+            gid="observed",
+            zorder=3,
+        )
+        nq = np.quantile(opt["N_opt"][:, j], [0.05, 0.5, 0.95])
+        lq = float(np.median(opt["loss"][:, j]))
+        ax.errorbar(
+            [nq[1]],
+            [lq],
+            xerr=[[nq[1] - nq[0]], [nq[2] - nq[1]]],
+            fmt="D",
+            color=color,
+            mec="black",
+            mew=0.8,
+            ms=6,
+            capsize=3,
+            zorder=4,
+            gid="N_opt",
+        )
+    # legend proxies for the encodings shared by all slices
+    ax.fill_between([], [], [], color="0.6", alpha=0.4, label="90% credible band")
+    ax.errorbar(
+        [], [], xerr=[], fmt="D", color="0.6", mec="black", label="N*(C): median, 90% interval"
+    )
+    ax.scatter([], [], color="0.6", s=18, label=f"observed runs (C within ×{within:g})")
+    ax.set_xscale("log")
+    _loss_axis(ax)
+    ax.set_xlabel(LABEL_N)
+    ax.set_ylabel(LABEL_LOSS)
+    ax.set_title(_title(idata, "IsoFLOP slices"), fontsize=10)
+    ax.legend(fontsize=8, loc="upper right", ncol=2)
+    ax.grid(True, which="major", alpha=0.3)
+    return fig
+
+
+def _colormap(name: str) -> Any:
+    import matplotlib
+
+    return matplotlib.colormaps[name]
+
+
+def _reference_allocations(C: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """Published allocations as ``{label: {"N_opt", "D_opt", "tokens_per_param"}}``."""
+    from .laws import chinchilla_optimal_N
+
+    kap_N = KAPLAN_N_AT_PFDAY * (C / PF_DAY) ** KAPLAN_EXPONENT
+    hof_N = np.asarray(chinchilla_optimal_N(HOFFMANN_APPROACH3, C))
+    rule_N = np.sqrt(C / (6.0 * CHINCHILLA_TOKENS_PER_PARAM))
+    out = {}
+    for label, N in (
+        (f"Kaplan et al. 2020: N ∝ C^{KAPLAN_EXPONENT}", kap_N),
+        ("Hoffmann et al. 2022, Approach 3: N ∝ C^0.4565", hof_N),
+        (f"{CHINCHILLA_TOKENS_PER_PARAM:g} tokens/parameter rule", rule_N),
+    ):
+        D = C / (6.0 * N)
+        out[label] = {"N_opt": N, "D_opt": D, "tokens_per_param": D / N}
+    return out
+
+
+REFERENCE_STYLES = (
+    {"color": OKABE_ITO["vermillion"], "ls": "--"},
+    {"color": OKABE_ITO["green"], "ls": "-."},
+    {"color": OKABE_ITO["black"], "ls": ":"},
+)
+
+
+def plot_allocation(
+    idata: Any, *, extrapolate_decades: float = 2.0, n_budgets: int = 80, references: bool = True
+) -> Figure:
+    """Compute-optimal allocation: ``N*(C)``, ``D*(C)`` and tokens per parameter vs ``C``.
+
+    Parameters
+    ----------
+    idata
+        A posterior from :func:`bayescale.fit`.
+    extrapolate_decades
+        How far beyond the largest observed budget to draw, in decades of C.
+    n_budgets
+        Number of budgets on the grid.
+    references
+        Draw the published Kaplan (``N ∝ C^0.73``), Hoffmann Approach 3 (``N ∝ C^0.4565``)
+        and 20-tokens-per-parameter allocations.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Three axes sharing ``C``: each with the posterior median, 50% and 90% bands and the
+        references (gid ``"reference"``).
+    """
+    from .posterior import optimal_draws
+
+    obs = _observed(idata)
+    c_max = obs["C"].max()
+    grid = _logspace(obs["C"].min() / 3, c_max * 10**extrapolate_decades, n_budgets)
+    dr = optimal_draws(idata, grid)
+    refs = _reference_allocations(grid) if references else {}
+    fig, axes = _figure(1, 3, width=13.0, height=4.6, sharex=True)
+    panels = (
+        ("N_opt", "N*, optimal parameters"),
+        ("D_opt", "D*, optimal training tokens"),
+        ("tokens_per_param", "D*/N*, tokens per parameter"),
+    )
+    for ax, (key, ylabel) in zip(axes[0], panels, strict=True):
+        _bands(ax, grid, dr[key], color=POSTERIOR_COLOR, label="this posterior (median)")
+        for (label, ref), style in zip(refs.items(), REFERENCE_STYLES, strict=False):
+            ax.plot(grid, ref[key], lw=1.5, label=label, gid="reference", **style)
+        ax.axvline(c_max, color="0.35", ls=":", lw=1.0, label="largest observed budget")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(LABEL_C)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="major", alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=8)
+    fig.suptitle(_title(idata, "Compute-optimal allocation"), fontsize=11)
+    return fig
+
+
+def plot_slices(
+    idata: Any, *, n_slices: int = 3, within: float = 1.5, n_points: int = 60
+) -> Figure:
+    """Loss vs N at fixed D, and loss vs D at fixed N, with 90% bands and nearby runs.
+
+    Parameters
+    ----------
+    idata
+        A posterior from :func:`bayescale.fit`.
+    n_slices
+        How many fixed values of D (left) and of N (right), log-spaced across the data.
+    within
+        Runs whose D (left) or N (right) is within this factor of a slice are drawn on it.
+    n_points
+        Grid points per slice.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Two axes: loss vs N (one curve per D) and loss vs D (one curve per N).
+    """
+    from .posterior import predict_draws
+
+    obs = _observed(idata)
+    cmap = _colormap(DATA_CMAP)
+    fig, axes = _figure(1, 2, width=12.0, height=4.8)
+    for ax, (x_name, fixed_name, x_label, fixed_label) in zip(
+        axes[0], (("N", "D", LABEL_N, "D"), ("D", "N", LABEL_D, "N")), strict=True
+    ):
+        x_obs, f_obs = obs[x_name], obs[fixed_name]
+        fixed = _default_budgets(f_obs, n_slices)
+        x = _logspace(x_obs.min() / 2, x_obs.max() * 2, n_points)
+        for j, f in enumerate(fixed):
+            color = cmap(0.9 * j / max(n_slices - 1, 1))
+            fx = np.full_like(x, f)
+            N, D = (x, fx) if x_name == "N" else (fx, x)
+            dr = predict_draws(idata, N, D, noise=False)
+            _bands(
+                ax,
+                x,
+                dr,
+                color=color,
+                label=f"{fixed_label} = {_sci(f)}",
+                inner=False,
+                alpha=0.22,
+                band_label=False,
+            )
+            near = _within(f_obs, f, within)
+            ax.scatter(
+                x_obs[near],
+                obs["loss"][near],
+                color=color,
+                s=18,
+                edgecolors="white",
+                linewidths=0.4,
+                gid="observed",
+                zorder=3,
+            )
+        ax.fill_between([], [], [], color="0.6", alpha=0.4, label="90% credible band")
+        ax.scatter([], [], color="0.6", s=18, label=f"runs with {fixed_label} within ×{within:g}")
+        ax.set_xscale("log")
+        _loss_axis(ax)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(LABEL_LOSS)
+        ax.set_title(f"loss vs {x_name} at fixed {fixed_name}", fontsize=10)
+        ax.legend(fontsize=8, loc="upper right")
+        ax.grid(True, which="major", alpha=0.3)
+    fig.suptitle(_title(idata, "Scaling slices"), fontsize=11)
+    return fig
+
+
+def _law_params(idata: Any) -> list[str]:
+    from .laws import PARAM_NAMES
+
+    return list(PARAM_NAMES[_meta(idata)["law"]])
+
+
+LOG_SCALE_PARAMS = ("A", "B", "N_c", "D_c")
+
+
+def plot_pairs(
+    idata: Any, *, var_names: Sequence[str] | None = None, max_points: int = 1500, seed: int = 0
+) -> Figure:
+    """Posterior pairs of the law's parameters, with prior draws behind them.
+
+    Limits follow the posterior (its 0.5-99.5% range, widened); the prior is drawn where it
+    falls inside them, so a flat grey background means the data, not the prior, decided.
+
+    Parameters
+    ----------
+    idata
+        A posterior from :func:`bayescale.fit` (with a ``prior`` group for the prior).
+    var_names
+        Parameters to show; default the law's natural parameters.
+    max_points
+        Draws per scatter (subsampled for legibility).
+    seed
+        Seed of the subsampling.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        A lower-triangular grid: histograms on the diagonal, scatters below.
+    """
+    names = list(var_names) if var_names is not None else _law_params(idata)
+    post = idata.posterior
+    missing = [n for n in names if n not in post]
+    if missing:
+        raise InputError(
+            f"no posterior variable(s) {', '.join(missing)}; available: "
+            f"{', '.join(map(str, post.data_vars))}",
+            field="var_names",
+        )
+    has_prior = "prior" in idata.groups() and all(n in idata.prior for n in names)
+    rng = np.random.default_rng(seed)
+
+    def draws(group: Any, name: str) -> np.ndarray:
+        x = np.asarray(group[name].values, float).ravel()
+        return np.log10(x) if name in LOG_SCALE_PARAMS else x
+
+    P = {n: draws(post, n) for n in names}
+    Q = {n: draws(idata.prior, n) for n in names} if has_prior else {}
+    lims = {}
+    for n in names:
+        lo, hi = np.quantile(P[n], [0.005, 0.995])
+        pad = 0.6 * (hi - lo)
+        lims[n] = (lo - pad, hi + pad)
+    pi = rng.choice(P[names[0]].size, min(max_points, P[names[0]].size), replace=False)
+    qi = (
+        rng.choice(Q[names[0]].size, min(max_points, Q[names[0]].size), replace=False)
+        if has_prior
+        else None
+    )
+    k = len(names)
+    fig, axes = _figure(k, k, width=2.0 * k + 1, height=2.0 * k + 0.6)
+    for i, yn in enumerate(names):
+        for j, xn in enumerate(names):
+            ax = axes[i, j]
+            if j > i:
+                ax.set_visible(False)
+                continue
+            if i == j:
+                bins = np.linspace(*lims[xn], 40)
+                ax.hist(
+                    P[xn],
+                    bins=bins,
+                    density=True,
+                    color=POSTERIOR_COLOR,
+                    alpha=0.8,
+                    label="posterior",
+                )
+                if has_prior:
+                    from scipy.stats import gaussian_kde
+
+                    xs = np.linspace(*lims[xn], 200)
+                    ax.plot(
+                        xs, gaussian_kde(Q[xn])(xs), color="0.3", lw=1.5, ls="--", label="prior"
+                    )
+                    ax.set_ylim(0, None)
+                ax.set_yticks([])
+            else:
+                if has_prior:
+                    ax.scatter(
+                        Q[xn][qi],
+                        Q[yn][qi],
+                        s=3,
+                        color=PRIOR_COLOR,
+                        alpha=0.35,
+                        edgecolors="none",
+                        rasterized=True,
+                    )
+                ax.scatter(
+                    P[xn][pi],
+                    P[yn][pi],
+                    s=3,
+                    color=POSTERIOR_COLOR,
+                    alpha=0.35,
+                    edgecolors="none",
+                    rasterized=True,
+                )
+                ax.set_ylim(lims[yn])
+            ax.set_xlim(lims[xn])
+            lab = lambda n: f"log10 {n}" if n in LOG_SCALE_PARAMS else n  # noqa: E731
+            if i == k - 1:
+                ax.set_xlabel(lab(xn))
+            else:
+                ax.tick_params(labelbottom=False)
+            if j == 0 and i > 0:
+                ax.set_ylabel(lab(yn))
+            elif j > 0:
+                ax.tick_params(labelleft=False)
+            ax.tick_params(labelsize=7)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if has_prior:
+        from matplotlib.lines import Line2D
+
+        handles.append(Line2D([], [], marker="o", ls="", color=PRIOR_COLOR, ms=4))
+        labels.append("prior draws")
+    fig.legend(handles, labels, loc="upper right", fontsize=9, bbox_to_anchor=(0.98, 0.9))
+    fig.suptitle(_title(idata, "Posterior pairs, with the prior"), fontsize=11)
+    return fig
+
+
+def plot_trace(idata: Any, *, var_names: Sequence[str] | None = None) -> Figure:
+    """Per-chain densities and rank histograms (ArviZ ``plot_trace(kind="rank_bars")``).
+
+    Uniform rank bars in every chain mean the chains agree; a chain piling up at one end
+    has not mixed.
+
+    Parameters
+    ----------
+    idata
+        A posterior from :func:`bayescale.fit`.
+    var_names
+        Parameters to show; default the law's natural parameters and ``sigma``.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        ``len(var_names)`` rows of (density, rank bars).
+    """
+    from ._arviz import az
+
+    names = list(var_names) if var_names is not None else [*_law_params(idata), "sigma"]
+    k = len(names)
+    fig, axes = _figure(k, 2, width=10.0, height=1.7 * k + 0.8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # arviz: layout/tight_layout notes
+        az.plot_trace(
+            idata,
+            var_names=names,
+            kind="rank_bars",
+            axes=axes,
+            compact=False,
+            backend_kwargs={},
+            show=False,
+        )
+    for row in axes:
+        for ax in row:
+            ax.title.set_fontsize(9)
+            ax.tick_params(labelsize=7)
+        row[0].set_xlabel("value", fontsize=8)
+        row[1].set_xlabel("rank (all chains)", fontsize=8)
+        row[1].set_ylabel("chain", fontsize=8)
+    n_chains = idata.posterior.sizes["chain"]
+    fig.suptitle(_title(idata, f"Sampler diagnostics ({n_chains} chains)"), fontsize=11)
+    return fig
+
+
+def plot_ppc(idata: Any, *, seed: int = 0) -> Figure:
+    """Posterior predictive check: observed vs predicted loss, and residuals vs N and D.
+
+    Parameters
+    ----------
+    idata
+        A posterior from :func:`bayescale.fit`.
+    seed
+        Seed of the observation-noise draws.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Three axes: observed vs predicted (predictive median with a 90% interval per run,
+        and the line y = x), and ``log(observed / predicted median)`` vs N and vs D with
+        the 90% predictive interval of that residual.
+    """
+    from .posterior import predict_draws
+
+    obs = _observed(idata)
+    dr = predict_draws(idata, obs["N"], obs["D"], noise=True, seed=seed)
+    q = _quantiles(dr)
+    inside = np.mean((obs["loss"] >= q["q05"]) & (obs["loss"] <= q["q95"]))
+    fig, axes = _figure(1, 3, width=14.0, height=4.6)
+    ax = axes[0, 0]
+    ax.errorbar(
+        q["q50"],
+        obs["loss"],
+        xerr=[q["q50"] - q["q05"], q["q95"] - q["q50"]],
+        fmt="o",
+        ms=3,
+        color=POSTERIOR_COLOR,
+        ecolor=POSTERIOR_COLOR,
+        elinewidth=0.6,
+        alpha=0.7,
+        label=f"runs: predictive median, 90% interval ({100 * inside:.0f}% cover)",
+        gid="observed",
+    )
+    lo = min(q["q05"].min(), obs["loss"].min())
+    hi = max(q["q95"].max(), obs["loss"].max())
+    ax.plot([lo, hi], [lo, hi], color="black", lw=1, ls="--", label="observed = predicted")
+    _loss_axis(ax, "x")
+    _loss_axis(ax)
+    ax.set_xlabel("predicted " + LABEL_LOSS)
+    ax.set_ylabel("observed " + LABEL_LOSS)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title("observed vs predicted", fontsize=10)
+    resid = np.log(obs["loss"] / q["q50"])
+    r_lo, r_hi = np.log(q["q05"] / q["q50"]), np.log(q["q95"] / q["q50"])
+    for ax, name, label in ((axes[0, 1], "N", LABEL_N), (axes[0, 2], "D", LABEL_D)):
+        xr = np.array([obs[name].min(), obs[name].max()])
+        ax.fill_between(
+            xr,
+            np.full(2, np.median(r_lo)),
+            np.full(2, np.median(r_hi)),
+            color=PRIOR_COLOR,
+            alpha=0.3,
+            lw=0,
+            gid="band90",
+            label="90% predictive interval",
+        )
+        ax.scatter(
+            obs[name],
+            resid,
+            s=10,
+            color=POSTERIOR_COLOR,
+            edgecolors="none",
+            gid="observed",
+            label="runs",
+        )
+        ax.axhline(0.0, color="black", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("residual, log(observed / predicted)")
+        ax.set_title(f"residuals vs {name}", fontsize=10)
+        ax.legend(fontsize=8, loc="upper right")
+        ax.grid(True, which="major", alpha=0.3)
+    fig.suptitle(_title(idata, "Posterior predictive check"), fontsize=11)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# all at once
+
+FIGURES: dict[str, Callable[..., Figure]] = {
+    "frontier": plot_frontier,
+    "isoflops": plot_isoflops,
+    "allocation": plot_allocation,
+    "slices": plot_slices,
+    "pairs": plot_pairs,
+    "trace": plot_trace,
+    "ppc": plot_ppc,
+}
+FORMATS = ("png", "svg", "pdf")
+
+
+def plot_all(
+    idata: Any, out_dir: str | os.PathLike[str], fmt: str = "png", *, dpi: int = 110
+) -> list[Path]:
+    """Write every figure of :data:`FIGURES` to ``out_dir/<name>.<fmt>``.
+
+    Parameters
+    ----------
+    idata
+        A posterior from :func:`bayescale.fit`.
+    out_dir
+        Directory (created if missing).
+    fmt
+        ``"png"``, ``"svg"`` or ``"pdf"``.
+    dpi
+        Resolution of raster output.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written, in :data:`FIGURES` order.
+    """
+    if fmt not in FORMATS:
+        raise InputError(f"expected one of {', '.join(FORMATS)}, got {fmt!r}", field="--format")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError("exists and is not a directory", file=str(out), field="--out")
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, func in FIGURES.items():
+        fig = func(idata)
+        path = out / f"{name}.{fmt}"
+        fig.savefig(path, dpi=dpi)
+        paths.append(path)
+    return paths

@@ -1,0 +1,260 @@
+"""Figures, compare and report: inspect what is drawn, not only that a file exists."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib")
+
+
+@pytest.fixture(scope="module")
+def small_fit(chinchilla_runs, tmp_path_factory):
+    """A quick (2 x 200) fit of the Chinchilla data, saved so the CLI can read it."""
+    import bayescale as bs
+
+    idata = bs.fit(chinchilla_runs, bs.FitConfig(chains=2, warmup=200, draws=200), quiet=True)
+    path = tmp_path_factory.mktemp("plots") / "chinchilla.nc"
+    bs.save_posterior(idata, path)
+    return bs.load_posterior(path), path
+
+
+def _bands(ax, gid=None):
+    from matplotlib.collections import PolyCollection
+
+    return [
+        c
+        for c in ax.collections
+        if isinstance(c, PolyCollection)
+        and (c.get_gid() or "").startswith("band")
+        and (gid is None or c.get_gid() == gid)
+        and len(c.get_paths())
+        and len(c.get_paths()[0].vertices)
+    ]
+
+
+def _points(ax):
+    return sum(len(c.get_offsets()) for c in ax.collections if c.get_gid() == "observed")
+
+
+def _band_halfwidth_rel(band):
+    """Relative vertical extent of a fill_between band at each x, ordered by x."""
+    v = band.get_paths()[0].vertices
+    xs = np.unique(v[:, 0])
+    lo = np.array([v[v[:, 0] == x, 1].min() for x in xs])
+    hi = np.array([v[v[:, 0] == x, 1].max() for x in xs])
+    return xs, (hi - lo) / hi
+
+
+def test_frontier_bands_widen_beyond_data(small_fit):
+    from bayescale import plots
+
+    idata, _ = small_fit
+    fig = plots.plot_frontier(idata)
+    ax = fig.axes[0]
+    assert len(_bands(ax, "band90")) == 1 and len(_bands(ax, "band50")) == 1
+    n = idata.constant_data["C"].size
+    assert _points(ax) == n
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    assert "loss" in ax.get_ylabel() and "nats" in ax.get_ylabel()
+    assert "FLOP" in fig.axes[1].get_xlabel()  # the shared x axis sits under the width panel
+    assert "chinchilla" in ax.get_title() and str(n) in ax.get_title()
+    assert any("N" in a.get_ylabel() for a in fig.axes if a not in (ax, fig.axes[1]))  # colorbar
+    xs, w = _band_halfwidth_rel(_bands(ax, "band90")[0])
+    c_max = float(idata.constant_data["C"].max())
+    assert xs.max() >= 99 * c_max  # two decades of extrapolation
+    at_data = w[np.argmin(np.abs(np.log(xs / c_max)))]
+    assert w[-1] > 1.5 * at_data  # the band visibly widens
+    labels = ax.get_legend_handles_labels()[1]
+    assert any("90%" in s for s in labels) and any("50%" in s for s in labels)
+
+
+def test_isoflops_slices_and_optimum(small_fit):
+    from bayescale import plots
+
+    idata, _ = small_fit
+    budgets = [1e19, 1e20, 1e21]
+    fig = plots.plot_isoflops(idata, budgets=budgets, within=1.5)
+    ax = fig.axes[0]
+    assert len(_bands(ax)) == len(budgets)
+    assert len([line for line in ax.lines if line.get_gid() == "median"]) == len(budgets)
+    C = idata.constant_data["C"].values
+    expected = sum(int(np.sum(np.abs(np.log(C / b)) <= np.log(1.5))) for b in budgets)
+    assert _points(ax) == expected > 0
+    assert len([c for c in ax.containers if c.lines[0].get_gid() == "N_opt"]) == len(budgets)
+    assert ax.get_xscale() == "log" and ax.get_xlabel().startswith("N")
+
+
+def test_allocation_references_and_bands(small_fit):
+    from bayescale import plots
+
+    idata, _ = small_fit
+    fig = plots.plot_allocation(idata)
+    axes = fig.axes[:3]
+    for ax in axes:
+        assert len(_bands(ax)) == 2
+        assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+        refs = [line for line in ax.lines if line.get_gid() == "reference"]
+        assert len(refs) == 3
+    labels = " ".join(t.get_text() for t in fig.legends[0].get_texts())
+    assert "Kaplan" in labels and "0.73" in labels and "0.4565" in labels and "20 tokens" in labels
+    # Kaplan's N ∝ C^0.73 reference has that slope on the log-log axes
+    kap = next(line for line in axes[0].lines if "Kaplan" in (line.get_label() or ""))
+    x, y = kap.get_data()
+    slope = np.polyfit(np.log(x), np.log(y), 1)[0]
+    np.testing.assert_allclose(slope, 0.73, atol=1e-6)
+    assert [ax.get_ylabel().split(",")[0] for ax in axes] == ["N*", "D*", "D*/N*"]
+
+
+def test_slices_pairs_trace_ppc(small_fit):
+    from bayescale import plots
+
+    idata, _ = small_fit
+    fig = plots.plot_slices(idata, n_slices=3)
+    for ax in fig.axes:
+        assert len(_bands(ax)) == 3 and _points(ax) > 0 and ax.get_xscale() == "log"
+    fig = plots.plot_pairs(idata)
+    visible = [a for a in fig.axes if a.get_visible()]
+    assert len(visible) == 15 and any("prior" in t.get_text() for t in fig.legends[0].get_texts())
+    fig = plots.plot_trace(idata)
+    assert len(fig.axes) == 2 * 6
+    fig = plots.plot_ppc(idata)
+    n = idata.constant_data["N"].size
+    assert [a.get_xscale() for a in fig.axes] == ["log"] * 3
+    assert _points(fig.axes[1]) == n and _points(fig.axes[2]) == n
+    assert fig.axes[1].get_xlabel().startswith("N") and fig.axes[2].get_xlabel().startswith("D")
+
+
+def test_plot_cli_writes_every_figure(small_fit, tmp_path, capsys):
+    import json
+
+    from bayescale.cli import main
+    from bayescale.plots import FIGURES
+
+    _, path = small_fit
+    assert (
+        main(["plot", str(path), "--out", str(tmp_path / "figs"), "--format", "svg", "--json"]) == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert [os.path.basename(p) for p in out["figures"]] == [f"{n}.svg" for n in FIGURES]
+    assert all(os.path.getsize(p) > 1000 for p in out["figures"])
+
+
+def test_plot_cli_bad_input(tmp_path, capsys):
+    from bayescale.cli import main
+
+    bad = tmp_path / "x.nc"
+    bad.write_text("not netcdf")
+    assert main(["plot", str(bad)]) == 2
+    assert "x.nc" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path / "missing.nc")]) == 2
+
+
+def test_compare_table_and_mismatch(small_fit, chinchilla_runs, tmp_path, capsys):
+    import json
+
+    import bayescale as bs
+    from bayescale.cli import main
+
+    idata, path = small_fit
+    kap = bs.fit(
+        chinchilla_runs, bs.FitConfig(law="kaplan", chains=2, warmup=200, draws=200), quiet=True
+    )
+    kpath = bs.save_posterior(kap, tmp_path / "kaplan.nc")
+    assert main(["compare", str(path), str(kpath), "--out", str(tmp_path), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert {r["model"] for r in res["table"]} == {"chinchilla", "kaplan"}
+    assert res["table"][0]["elpd_diff"] == 0.0 and res["table"][1]["elpd_diff"] >= 0
+    assert all(r["pareto_k_bad"] >= 0 and r["se"] > 0 for r in res["table"])
+    assert os.path.getsize(res["figure"]) > 1000
+    # a fit of other data cannot be compared by LOO
+    other = bs.fit(
+        chinchilla_runs.iloc[:100], bs.FitConfig(chains=1, warmup=50, draws=50), quiet=True
+    )
+    opath = bs.save_posterior(other, tmp_path / "other.nc")
+    assert main(["compare", str(path), str(opath)]) == 2
+    assert "different data" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def report_html(small_fit, tmp_path_factory):
+    from bayescale.cli import main
+
+    _, path = small_fit
+    out = tmp_path_factory.mktemp("report")
+    assert main(["report", str(path), "--out", str(out)]) == 0
+    return out / "chinchilla-report.html"
+
+
+def test_report_is_self_contained(report_html, small_fit):
+    from bayescale.plots import FIGURES
+
+    page = report_html.read_text()
+    assert len(re.findall(r"<img [^>]*src='data:image/png;base64,", page)) == len(FIGURES)
+    assert "http://" not in page and "https://" not in page  # nothing to fetch
+    for word in (
+        "Data",
+        "Parameters",
+        "Diagnostics",
+        "Compute-optimal allocation",
+        "alpha",
+        "extrapolated",
+    ):
+        assert word in page
+    assert re.search(r"id='verdict' class='(ok|check)'", page)
+
+
+CHROMIUM = shutil.which("chromium") or (
+    "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None
+)
+
+
+def test_report_renders_in_chromium(report_html, tmp_path):
+    """Every image decodes and nothing overflows the page width, in a real browser."""
+    if CHROMIUM is None:
+        # .ci/run installs chromium and sets this, so CI can never skip the browser test silently
+        if os.environ.get("BAYESCALE_REQUIRE_BROWSER"):
+            pytest.fail("BAYESCALE_REQUIRE_BROWSER is set but chromium is not installed")
+        pytest.skip("needs Debian's chromium (/usr/bin/chromium) for the browser test")
+    probe = (
+        "<script>window.addEventListener('load', () => {"
+        "const imgs = [...document.images];"
+        "const bad = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length;"
+        "const de = document.documentElement;"
+        "const over = de.scrollWidth > de.clientWidth + 1;"
+        "const p = document.createElement('pre'); p.id = 'probe';"
+        "p.textContent = `IMAGES=${imgs.length} BAD=${bad} OVERFLOW=${over}`;"
+        "document.body.appendChild(p);});</script>"
+    )
+    page = report_html.read_text().replace("</body>", probe + "</body>")
+    probe_file = tmp_path / "probe.html"
+    probe_file.write_text(page)
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--window-size=1024,800",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        probe_file.as_uri(),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    m = re.search(r"IMAGES=(\d+) BAD=(\d+) OVERFLOW=(\w+)", res.stdout)
+    assert m, f"probe not found; chromium stderr: {res.stderr[-2000:]}"
+    from bayescale.plots import FIGURES
+
+    assert int(m.group(1)) == len(FIGURES)
+    assert int(m.group(2)) == 0
+    assert m.group(3) == "false"
