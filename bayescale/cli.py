@@ -69,7 +69,7 @@ def _fmt(x: float) -> str:
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     line = lambda r: "  ".join(str(c).rjust(w) if j else str(c).ljust(w)  # noqa: E731
-                               for j, (c, w) in enumerate(zip(r, widths)))
+                               for j, (c, w) in enumerate(zip(r, widths, strict=True)))
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
@@ -219,7 +219,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
     print(f"{args.model}: {meta['law']} law, {meta['n_obs']} runs from {meta['source']}"
           + (f" (filter: {meta['filter']})" if meta["filter"] else ""))
     print(f"likelihood {cfg['likelihood']}" + (f" (nu={cfg['nu']})" if cfg["likelihood"] == "student_t" else "")
-          + f" on log loss; {cfg['chains']} chains x {cfg['draws']} draws after {cfg['warmup']} warm-up; seed {cfg['seed']}")
+          + f" on log loss; {cfg['chains']} chains x {cfg['draws']} draws after {cfg['warmup']} warm-up;"
+          f" seed {cfg['seed']}")
     print("priors: " + ", ".join(f"{k} ~ {v}" for k, v in meta["priors"].items()))
     print()
     print(_table([_interval_row(k, v, [f"{v['r_hat']:.3f}", f"{v['ess_bulk']:.0f}"]) for k, v in params.items()],
@@ -242,7 +243,9 @@ def cmd_optimal(args: argparse.Namespace) -> int:
     rows = []
     for r in res:
         for k in ("N_opt", "D_opt", "loss", "tokens_per_param"):
-            rows.append(_interval_row(f"C={_fmt(r['compute'])}  {k}" if k == "N_opt" else f"{'':>{len(_fmt(r['compute'])) + 2}}  {k}", r[k]))
+            label = (f"C={_fmt(r['compute'])}  {k}" if k == "N_opt"
+                     else f"{'':>{len(_fmt(r['compute'])) + 2}}  {k}")
+            rows.append(_interval_row(label, r[k]))
     print(_table(rows, ["budget (FLOP)", "mean", "sd", "q05", "q50", "q95"]))
     return 0
 

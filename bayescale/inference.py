@@ -19,14 +19,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _jax  # noqa: F401  (float64, compilation cache)
 import jax
 import numpy as np
 import numpyro
 import pandas as pd
 from numpyro.infer import MCMC, NUTS, Predictive
 
-from . import __version__
+from . import (
+    __version__,
+    _jax,  # noqa: F401  (float64, compilation cache)
+)
 from ._arviz import az
 from .errors import InputError
 from .laws import check_law

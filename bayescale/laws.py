@@ -22,10 +22,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import _jax  # noqa: F401  (float64 + compilation cache, before any array)
 import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
+
+from . import _jax  # noqa: F401  (float64 + compilation cache, before any array)
 
 Params = Mapping[str, ArrayLike]
 

@@ -48,13 +48,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import _jax  # noqa: F401
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from jax import Array
 
+from . import _jax  # noqa: F401
 from .errors import InputError
 from .laws import check_law
 

@@ -11,10 +11,10 @@ import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from . import _jax  # noqa: F401
 import jax.numpy as jnp
 import numpy as np
 
+from . import _jax  # noqa: F401
 from ._arviz import az
 from .errors import InputError
 from .inference import metadata
@@ -127,7 +127,7 @@ def predict(
     N = _positive_array(N, "--N")
     D = _positive_array(D, "--D")
     dr = predict_draws(idata, N, D, noise=noise, seed=seed)
-    return [{"N": float(n), "D": float(d), **summarize(dr[:, j])} for j, (n, d) in enumerate(zip(N, D))]
+    return [{"N": float(n), "D": float(d), **summarize(dr[:, j])} for j, (n, d) in enumerate(zip(N, D, strict=True))]
 
 
 def param_summary(idata: az.InferenceData) -> dict[str, dict[str, float]]:
