@@ -20,8 +20,8 @@ from bayescale.train.model import ModelConfig, Transformer, flops_per_token, non
 
 SIZES = [  # (n_layer, d_model, n_head): CPU sizes up to the largest shipped in runs/
     (2, 64, 2),
-    (3, 96, 3),
     (4, 128, 4),
+    (5, 160, 5),
 ]
 GPU_SIZES = [(6, 512, 8), (12, 768, 12), (12, 768, 12)]  # the last is GPT-2 small (124M)
 
@@ -97,7 +97,9 @@ def main() -> None:
                   for _ in range(2))
         peak = max(peak, matmul_flops(device))  # re-measured beside each size, best kept
         rows.append((cfg, tps))
-    print(f"device {device.type}, threads {torch.get_num_threads()}, torch {torch.__version__}")
+    batch = args.batch if not cuda else 16
+    print(f"device {device.type}, threads {torch.get_num_threads()}, torch {torch.__version__}, "
+          f"batch {batch} x {ctx} tokens, vocab {vocab}")
     print(f"matmul ceiling ({'bf16' if cuda else 'fp32'}, best trial): {peak / 1e9:,.1f} GFLOP/s")
     print(f"{'shape':>16} {'N':>10} {'tok/s':>10} {'GFLOP/s 6N':>11} {'GFLOP/s full':>13} "
           f"{'MFU 6N':>7} {'MFU full':>9}")

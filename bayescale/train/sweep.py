@@ -111,7 +111,7 @@ def run_sweep(plan: str | Path, runs_dir: str | Path, *, index: int | None = Non
               shard: tuple[int, int] | None = None, log=None) -> list[dict[str, Any]]:
     """Run a plan's entries (all, one by ``index``, or shard ``(i, k)``); return the records."""
     from .data import load_corpus
-    from .trainer import train_run
+    from .trainer import RunBusy, train_run
 
     entries = load_plan(plan)
     if index is not None:
@@ -142,7 +142,11 @@ def run_sweep(plan: str | Path, runs_dir: str | Path, *, index: int | None = Non
         eta = f"{elapsed * (1 - done) / done:.0f}s" if done > 0.02 else "?"
         say(f"sweep: run {j + 1}/{len(todo)} {e['run_id']} ({e['kind']}); "
             f"{elapsed:.0f}s elapsed, sweep ETA {eta}")
-        rec = train_run(e["model"], e["train"], corpora[key], runs_dir, run_id=e["run_id"], log=log)
+        try:
+            rec = train_run(e["model"], e["train"], corpora[key], runs_dir, run_id=e["run_id"], log=log)
+        except RunBusy as busy:  # another worker has it: leave it to them, go on with the rest
+            say(f"sweep: skipping {e['run_id']}: {busy}")
+            continue
         records.append(rec)
         cost_done += non_embedding_params(e["model"]) * e["train"].tokens
     return records

@@ -136,3 +136,23 @@ def test_cli_train_json(corpus_dir, tmp_path, capsys):
     rec = json.loads(out)
     assert rec["status"] == "completed" and out.count("\n") == 1
     assert Path(tmp_path, rec["run_id"], "run.json").exists()
+
+
+def test_lock_keeps_a_second_worker_off_a_live_run(corpus, tmp_path):
+    import socket
+
+    from bayescale.train.trainer import RunBusy, run_id_for
+
+    run_dir = tmp_path / run_id_for(ModelConfig(**MODEL), TrainConfig(**TRAIN))
+    run_dir.mkdir()
+    (run_dir / ".lock").write_text(f"{socket.gethostname()} {os.getpid()}")  # a live process
+    with pytest.raises(RunBusy, match="being trained by process"):
+        _run(corpus, tmp_path)
+    assert not (run_dir / "run.json").exists()  # nothing written while another worker holds it
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run_dir / ".lock").write_text(f"{socket.gethostname()} {dead.pid}")  # stale: owner exited
+    rec = _run(corpus, tmp_path)
+    assert rec["status"] == "completed"
+    assert not (run_dir / ".lock").exists()  # released at the end
