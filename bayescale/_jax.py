@@ -13,7 +13,24 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import jax
+#: CPU "devices" XLA exposes, so that NUTS chains run in parallel (``chain_method="parallel"``)
+#: rather than vectorised in lock-step. Vectorised chains advance together, so every iteration
+#: costs the longest of the chains' trajectories, and under ``vmap`` every ``cond`` of the tree
+#: builder runs both branches: measured here, 4 parallel chains sampled the Chinchilla fit 3.3x
+#: faster than 4 vectorised ones on 2 cores. It only takes effect if set before JAX starts its
+#: CPU backend; ``fit`` checks ``jax.local_device_count()`` and falls back to vectorised chains.
+HOST_DEVICES = 4
+
+
+def _request_host_devices(n: int) -> None:
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
+_request_host_devices(HOST_DEVICES)
+
+import jax  # noqa: E402  (XLA_FLAGS must be set first)
 
 jax.config.update("jax_enable_x64", True)
 
