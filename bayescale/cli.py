@@ -93,7 +93,7 @@ def _log(args: argparse.Namespace, msg: str) -> None:
 def _parse_priors(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
     priors: dict[str, str] = {}
     if args.priors_file:
-        import tomllib
+        from ._compat import tomllib
 
         path = Path(args.priors_file)
         try:

@@ -203,6 +203,22 @@ def _default_budgets(C: np.ndarray, n: int) -> np.ndarray:
     return np.array([float(f"{c:.0e}") for c in raw])
 
 
+def _isoflop_budgets(N: np.ndarray, C: np.ndarray, n: int, tol: float = 0.02) -> np.ndarray:
+    """Budgets the data were designed around: ``C`` values shared (within ``tol``, relative) by
+    runs of at least three different sizes, as in an isoFLOP sweep; the ``n`` most populated,
+    in increasing order. Empty when the data have no such slices."""
+    order = np.argsort(C)
+    Cs, Ns = C[order], N[order]
+    clusters, start = [], 0
+    for i in range(1, len(Cs) + 1):
+        if i == len(Cs) or np.log(Cs[i] / Cs[start]) > 2 * tol:
+            if np.unique(Ns[start:i]).size >= 3:
+                clusters.append((i - start, float(np.exp(np.mean(np.log(Cs[start:i]))))))
+            start = i
+    best = sorted(clusters, reverse=True)[:n]
+    return np.array(sorted(float(f"{c:.1e}") for _, c in best))
+
+
 # --------------------------------------------------------------------------------------------
 # figures
 
@@ -304,13 +320,15 @@ def plot_isoflops(
     idata
         A posterior from :func:`bayescale.fit`.
     budgets
-        Budgets in FLOP; default ``n_budgets`` log-spaced across the observed budgets.
+        Budgets in FLOP; default: the data's own isoFLOP budgets (``C`` shared by runs of three
+        or more sizes), else ``n_budgets`` log-spaced across the observed budgets.
     n_budgets
         How many default budgets.
     within
         Observed runs with ``C`` within this factor of a budget are drawn on its slice.
     span
-        Each slice covers ``N*`` divided and multiplied by this factor.
+        Each slice covers ``N*`` divided and multiplied by this factor, widened to take in the
+        observed runs drawn on it.
     n_points
         Grid points per slice.
 
@@ -323,9 +341,12 @@ def plot_isoflops(
     from .posterior import optimal_draws, predict_draws
 
     obs = _observed(idata)
-    C_list = (
-        _default_budgets(obs["C"], n_budgets) if budgets is None else np.asarray(budgets, float)
-    )
+    if budgets is None:
+        C_list = _isoflop_budgets(obs["N"], obs["C"], n_budgets)
+        if C_list.size < 2:
+            C_list = _default_budgets(obs["C"], n_budgets)
+    else:
+        C_list = np.asarray(budgets, float)
     if C_list.size == 0 or np.any(~np.isfinite(C_list)) or np.any(C_list <= 0):
         raise InputError(
             f"expected budgets > 0, got {np.asarray(budgets).tolist()}", field="budgets"
@@ -337,7 +358,11 @@ def plot_isoflops(
     for j, C in enumerate(C_list):
         color = cmap(0.9 * j / max(len(C_list) - 1, 1))
         n_med = float(np.median(opt["N_opt"][:, j]))
-        N = _logspace(n_med / span, n_med * span, n_points)
+        near = _within(obs["C"], C, within)
+        lo, hi = n_med / span, n_med * span
+        if near.any():  # the curve must reach every run drawn on its slice
+            lo, hi = min(lo, obs["N"][near].min() / 1.5), max(hi, obs["N"][near].max() * 1.5)
+        N = _logspace(lo, hi, n_points)
         dr = predict_draws(idata, N, C / (6.0 * N), noise=False)
         _bands(
             ax,
@@ -349,7 +374,6 @@ def plot_isoflops(
             alpha=0.22,
             band_label=False,
         )
-        near = _within(obs["C"], C, within)
         ax.scatter(
             obs["N"][near],
             obs["loss"][near],

@@ -90,6 +90,35 @@ def test_isoflops_slices_and_optimum(small_fit):
     assert ax.get_xscale() == "log" and ax.get_xlabel().startswith("N")
 
 
+def test_isoflop_budgets_found_and_slices_reach_their_runs():
+    from bayescale.plots import _isoflop_budgets
+
+    # three sizes at 1e18 (within 1%), three at 1e20, and a grid with no shared budget
+    N = np.array([1e6, 1e7, 1e8, 2e6, 2e7, 2e8, 5e6, 5e7, 3e8])
+    C = np.array([1e18, 1.01e18, 0.995e18, 1e20, 1e20, 1.01e20, 3e17, 7e19, 4e21])
+    assert _isoflop_budgets(N, C, 5).tolist() == [1e18, 1e20]
+    assert _isoflop_budgets(N[:6], C[:6], 1).size == 1
+    assert _isoflop_budgets(N[6:], C[6:], 5).size == 0
+
+
+def test_isoflops_default_budgets_cover_observed_runs(small_fit):
+    from bayescale import plots
+
+    idata, _ = small_fit
+    fig = plots.plot_isoflops(idata)
+    ax = fig.axes[0]
+    N = idata.constant_data["N"].values
+    C = idata.constant_data["C"].values
+    medians = [line for line in ax.lines if line.get_gid() == "median"]
+    assert 2 <= len(medians) <= 5
+    for line in medians:
+        budget = float(line.get_label().split("=")[1].split()[0])
+        near = np.abs(np.log(C / budget)) <= np.log(1.5)
+        x = line.get_xdata()
+        if near.any():  # the curve spans every run drawn on its slice
+            assert x.min() <= N[near].min() and x.max() >= N[near].max()
+
+
 def test_allocation_references_and_bands(small_fit):
     from bayescale import plots
 

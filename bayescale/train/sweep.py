@@ -30,8 +30,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
+from .._compat import tomllib
 from ..errors import InputError
 from .model import ModelConfig, non_embedding_params
 from .trainer import TrainConfig, run_id_for

@@ -1,0 +1,52 @@
+"""The shipped study (runs/ + runs/plan.toml) and the README's main job on it (issue 3, part 6)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bayescale as bs
+from bayescale._compat import tomllib
+from bayescale.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "runs"
+
+
+@pytest.fixture(scope="module")
+def runs():
+    return bs.load_runs(str(RUNS))
+
+
+def test_study_covers_the_plan(runs):
+    plan = tomllib.loads((RUNS / "plan.toml").read_text())
+    assert plan["defaults"]["vocab_size"] == 512
+    assert len(runs) >= 30 and set(runs["status"]) == {"completed"}
+    assert np.log10(runs.N.max() / runs.N.min()) >= 2.0  # N spans two decades
+    assert np.log10(runs.D.max() / runs.D.min()) >= 1.3  # D spans 1.3 decades
+    # one epoch at most: no run asks for more tokens than the training split holds
+    for rec in (json.loads(p.read_text()) for p in RUNS.glob("*/run.json")):
+        assert rec["D"] <= rec["config"]["data"]["train_tokens"], rec["run_id"]
+    # isoFLOP slices at >= 3 budgets, each with >= 3 model sizes within 2% of the budget
+    slices = 0
+    for c in plan["isoflop"][0]["budgets"]:
+        near = runs[np.abs(np.log(runs.C / c)) < 0.02]
+        slices += near.N.nunique() >= 3
+    assert slices >= 3
+    # both corners: small models at the largest D, and large models at the smallest D
+    assert runs.loc[runs.N.idxmin(), "D"] < runs.D.max() and runs[runs.N == runs.N.min()].D.max() >= 2.9e6
+    assert runs[runs.N == runs.N.max()].D.min() <= 1.1e5
+
+
+def test_readme_main_job_on_the_study(tmp_path, capsys):
+    """`bayescale fit runs/` with the default sampler: converged, and a narrower than 0.3."""
+    out = tmp_path / "runs.nc"
+    assert main(["fit", str(RUNS), "--out", str(out), "--json"]) == 0
+    fit = json.loads(capsys.readouterr().out)
+    assert fit["diagnostics"]["max_r_hat"] <= 1.01
+    assert fit["divergences"] == 0
+    a = fit["compute_optimal"]["a"]
+    assert a["q95"] - a["q05"] < 0.3, a
