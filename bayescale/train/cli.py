@@ -87,9 +87,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         rec = train_run(m, t, corpus, args.runs, run_id=args.run_id, log=_log(args))
     except KeyboardInterrupt:
         return 130
-    if args.json:
+    if args.json and _rank() == 0:  # under torchrun, one JSON document: rank 0's
         print(json.dumps(rec))
     return 0 if rec["status"] == "completed" else 1
+
+
+def _rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", "0"))
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -121,6 +127,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 130
     summary = {"runs": [{"run_id": r["run_id"], "status": r["status"], "N": r["N"], "D": r["D"],
                          "loss": r["loss"]} for r in recs]}
-    if args.json:
+    if args.json and _rank() == 0:
         print(json.dumps(summary))
     return 0 if all(r["status"] == "completed" for r in recs) else 1

@@ -392,7 +392,13 @@ def _train_run(
             xy = torch.from_numpy(batch).to(device, non_blocking=True)
             with autocast():
                 _, loss = train_model(xy[:, :-1], xy[:, 1:])
-            lv = float(loss.detach())
+            lv_t = loss.detach().float()
+            if ddp:  # every rank must see the same loss, so that all stop together on a bad one
+                import torch.distributed as dist
+
+                dist.all_reduce(lv_t)
+                lv_t /= world
+            lv = float(lv_t)
             if not math.isfinite(lv):
                 status, reason = "diverged", f"non-finite training loss ({lv}) at step {step}"
                 break
@@ -405,7 +411,9 @@ def _train_run(
             n_acc += 1
             tok_log += B * T
             last = step == steps
-            if master and (step % eval_every == 0 or last):
+            if step % eval_every == 0 or last:
+                # every rank evaluates the same held-out set on the same (synchronised) weights,
+                # so all of them hold the curve and agree on divergence; only rank 0 writes
                 vl = evaluate()
                 if not math.isfinite(vl):
                     status, reason = "diverged", f"non-finite held-out loss ({vl}) at step {step}"

@@ -156,3 +156,26 @@ def test_lock_keeps_a_second_worker_off_a_live_run(corpus, tmp_path):
     rec = _run(corpus, tmp_path)
     assert rec["status"] == "completed"
     assert not (run_dir / ".lock").exists()  # released at the end
+
+
+def test_ddp_two_cpu_processes_match_one(corpus_dir, tmp_path):
+    """`torchrun --nproc_per_node 2` (gloo on CPU) gives one record and the single-process loss."""
+    torchrun = Path(sys.executable).parent / "torchrun"
+    if not torchrun.exists():
+        pytest.skip("torchrun not installed beside this Python")
+    args = ["train", "--data", str(corpus_dir / "txt"), "--vocab-size", "300", "--n-layer", "1",
+            "--d-model", "16", "--n-head", "2", "--context", "16", "--tokens", str(16 * 8 * 60),
+            "--batch-size", "8", "--eval-tokens", "512", "--threads", "1", "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "bayescale.cli",
+                          *args, "--runs", str(tmp_path / "ddp")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one = subprocess.run([sys.executable, "-m", "bayescale.cli", *args, "--runs", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    r2, r1 = json.loads(ddp.stdout), json.loads(one.stdout)  # exactly one JSON document each
+    assert r2["env"]["world_size"] == 2 and r1["env"]["world_size"] == 1
+    assert r2["D"] == r1["D"] and r2["status"] == "completed"
+    # same global batch, gradients averaged across ranks: equal up to float summation order
+    assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-3)
