@@ -203,10 +203,11 @@ def _default_budgets(C: np.ndarray, n: int) -> np.ndarray:
     return np.array([float(f"{c:.0e}") for c in raw])
 
 
-def _isoflop_budgets(N: np.ndarray, C: np.ndarray, n: int, tol: float = 0.02) -> np.ndarray:
+def _isoflop_budgets(N: np.ndarray, C: np.ndarray, n: int, tol: float = 0.02, sep: float = 2.25) -> np.ndarray:
     """Budgets the data were designed around: ``C`` values shared (within ``tol``, relative) by
-    runs of at least three different sizes, as in an isoFLOP sweep; the ``n`` most populated,
-    in increasing order. Empty when the data have no such slices."""
+    runs of at least three different sizes, as in an isoFLOP sweep; the ``n`` most populated
+    that lie more than a factor ``sep`` apart (so no run is drawn on two slices), in increasing
+    order. Empty when the data have no such slices."""
     order = np.argsort(C)
     Cs, Ns = C[order], N[order]
     clusters, start = [], 0
@@ -215,8 +216,11 @@ def _isoflop_budgets(N: np.ndarray, C: np.ndarray, n: int, tol: float = 0.02) ->
             if np.unique(Ns[start:i]).size >= 3:
                 clusters.append((i - start, float(np.exp(np.mean(np.log(Cs[start:i]))))))
             start = i
-    best = sorted(clusters, reverse=True)[:n]
-    return np.array(sorted(float(f"{c:.1e}") for _, c in best))
+    chosen: list[float] = []
+    for _, c in sorted(clusters, reverse=True):
+        if len(chosen) < n and all(abs(np.log(c / k)) > np.log(sep) for k in chosen):
+            chosen.append(c)
+    return np.array(sorted(float(f"{c:.1e}") for c in chosen))
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,7 +346,7 @@ def plot_isoflops(
 
     obs = _observed(idata)
     if budgets is None:
-        C_list = _isoflop_budgets(obs["N"], obs["C"], n_budgets)
+        C_list = _isoflop_budgets(obs["N"], obs["C"], n_budgets, sep=within**2)
         if C_list.size < 2:
             C_list = _default_budgets(obs["C"], n_budgets)
     else:

@@ -99,6 +99,10 @@ def test_isoflop_budgets_found_and_slices_reach_their_runs():
     assert _isoflop_budgets(N, C, 5).tolist() == [1e18, 1e20]
     assert _isoflop_budgets(N[:6], C[:6], 1).size == 1
     assert _isoflop_budgets(N[6:], C[6:], 5).size == 0
+    # a second slice within the separation factor of a fuller one is left out
+    N2 = np.r_[N[:6], 4e8, 3e6, 3e7, 3e8]
+    C2 = np.r_[C[:6], 1e20, 1.5e20, 1.5e20, 1.5e20]
+    assert _isoflop_budgets(N2, C2, 5, sep=2.25).tolist() == [1e18, 1e20]
 
 
 def test_isoflops_default_budgets_cover_observed_runs(small_fit):
