@@ -373,7 +373,12 @@ def build_report(idata: Any, *, model_name: str = "model") -> str:
     # allocation
     budgets = report_budgets(obs["C"])
     alloc = optimal(idata, budgets)
-    iv = lambda s: f"{_fmt(s['q50'])} [{_fmt(s['q05'])}, {_fmt(s['q95'])}]"  # noqa: E731
+    def g3(x: float) -> str:  # three significant digits, compact exponent: the table fits the page
+        return f"{x:.3g}".replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
+
+    def iv(s: dict) -> str:
+        return f"{g3(s['q50'])} [{g3(s['q05'])}, {g3(s['q95'])}]"
+
     parts.append("<h2>Compute-optimal allocation</h2>")
     parts.append(
         "<p>Posterior median [90% interval]. Largest observed budget: "
@@ -385,8 +390,7 @@ def build_report(idata: Any, *, model_name: str = "model") -> str:
             ["C (FLOP)", "N*", "D*", "loss*", "tokens/param"],
             [
                 [
-                    _fmt(r["compute"])
-                    + (" (extrapolated)" if r["compute"] > obs["C"].max() else ""),
+                    g3(r["compute"]) + (" (extrapolated)" if r["compute"] > obs["C"].max() else ""),
                     iv(r["N_opt"]),
                     iv(r["D_opt"]),
                     iv(r["loss"]),
