@@ -179,3 +179,21 @@ def test_ddp_two_cpu_processes_match_one(corpus_dir, tmp_path):
     assert r2["D"] == r1["D"] and r2["status"] == "completed"
     # same global batch, gradients averaged across ranks: equal up to float summation order
     assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-3)
+
+
+def test_sweep_eta_from_timed_runs():
+    from bayescale.train.model import flops_per_token
+    from bayescale.train.sweep import _eta
+
+    def entry(d, tokens):
+        return {"model": ModelConfig(n_layer=2, d_model=d, n_head=2, context=64, vocab_size=512),
+                "train": TrainConfig(tokens=tokens)}
+
+    small, big = entry(32, 10**6), entry(128, 10**6)
+    f_s, f_b = flops_per_token(small["model"])["full"], flops_per_token(big["model"])["full"]
+    assert _eta([big], []) == "?"
+    # seconds per token = 1e-12 * f^0.7 exactly: the fit recovers it and predicts the big run
+    timed = [(f, 1e-8 * f**0.7) for f in (f_s, 2 * f_s, 4 * f_s)]
+    assert float(_eta([big], timed)[:-1]) == pytest.approx(1e6 * 1e-8 * f_b**0.7, rel=0.01)
+    # one timed size: proportional to FLOPs
+    assert float(_eta([big], [(f_s, 2e-6)])[:-1]) == pytest.approx(1e6 * 2e-6 * f_b / f_s, rel=0.01)
