@@ -148,6 +148,7 @@ def _run_lock(run_dir: Path) -> Any:
     """
     import socket
 
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_dir / ".lock"
     me = f"{socket.gethostname()} {os.getpid()}"
@@ -176,6 +177,8 @@ def _run_lock(run_dir: Path) -> Any:
         yield
     finally:
         lock.unlink(missing_ok=True)
+        if created and not any(run_dir.iterdir()):  # refused before writing anything: leave no trace
+            run_dir.rmdir()
 
 
 def train_run(

@@ -78,6 +78,7 @@ def test_huge_lr_is_recorded_as_diverged(corpus, tmp_path):
 def test_budget_beyond_training_split_is_refused(corpus, tmp_path):
     with pytest.raises(InputError, match="at most"):
         _run(corpus, tmp_path, tokens=10**8)
+    assert list(tmp_path.iterdir()) == []  # no empty run folder left behind
 
 
 def test_sigkill_and_resume_equals_uninterrupted(corpus, corpus_dir, tmp_path):
