@@ -144,7 +144,6 @@ def fit(
     flat = {k: v.reshape((-1, *v.shape[2:])) for k, v in samples.items()}
     loglik = numpyro.infer.log_likelihood(scaling_model, flat, *args, np.log(y), **model_kw)["log_loss"]
     chains, draws = next(iter(samples.values())).shape[:2]
-    run_dim = {"coords": {"run": runs["run_id"].astype(str).to_numpy()}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # arviz notes about missing dims
         idata = az.from_dict(
@@ -158,8 +157,8 @@ def fit(
             prior={k: v[None] for k, v in prior.items()},
             observed_data={"log_loss": np.log(y)},
             constant_data={"N": N, "D": D, "C": runs["C"].to_numpy(float), "loss": y},
+            coords={"run": runs["run_id"].astype(str).to_numpy()},
             dims={k: ["run"] for k in ("log_loss", "N", "D", "C", "loss")},
-            **run_dim,
         )
     meta = {
         "law": cfg.law,
