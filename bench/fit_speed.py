@@ -142,7 +142,7 @@ def naive_bootstrap_seconds(n_resamples: int, seed: int) -> float:
     from scipy.special import logsumexp
 
     import bayescale
-    from bayescale.baselines import HOFFMANN_START
+    from bayescale.baselines import HOFFMANN_START, huber_objective
 
     df = pd.read_csv(Path(bayescale.__file__).parent / "data" / "chinchilla.csv")
     df = df[df["kept_by_epoch"] == 1]
@@ -155,6 +155,11 @@ def naive_bootstrap_seconds(n_resamples: int, seed: int) -> float:
         r = np.abs(pred - logL[idx])
         return float(np.sum(np.where(r <= delta, 0.5 * r**2, delta * (r - 0.5 * delta))))
 
+    # written separately on purpose (no analytic gradient, no validation), but it must be the
+    # same objective as the tuned baseline's
+    every = np.arange(logN.size)
+    ref = huber_objective(HOFFMANN_START, *(df[c].to_numpy() for c in ("N", "D", "loss")), delta=delta)
+    assert abs(objective(HOFFMANN_START, every) - ref) <= 1e-9 * ref, "naive objective drifted"
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     for _ in range(n_resamples):
