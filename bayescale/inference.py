@@ -16,14 +16,15 @@ import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import numpyro
 import pandas as pd
-from numpyro.infer import MCMC, NUTS
 
 from . import (
     __version__,
@@ -37,11 +38,13 @@ from .models import (
     REPORTED,
     SAMPLED_SITES,
     Anchors,
+    log_mean,
     natural_params,
-    parse_prior,
+    noise_log_prob,
+    prior_forms,
     resolve_priors,
-    scaling_model,
 )
+from .sampler import Draws, SamplerKey, bucket, compiled, pad
 
 META_KEY = "bayescale"
 RHAT_MAX = 1.01
@@ -123,27 +126,18 @@ def fit(
         raise InputError(f"{len(y)} runs are too few to fit a 5-parameter law; expected at least 6")
     anchors = Anchors.from_data(N, D, y)
     priors = resolve_priors(cfg.law, anchors, dict(cfg.priors))
-    model_kw = dict(law=cfg.law, anchors=anchors, priors=priors, likelihood=cfg.likelihood, nu=cfg.nu)
-    args = (np.log(N), np.log(D))
-    kernel = NUTS(scaling_model, target_accept_prob=cfg.target_accept, max_tree_depth=cfg.max_tree_depth,
-                  dense_mass=cfg.dense_mass)
-    chain_method = _chain_method(cfg.chains)
-    mcmc = MCMC(kernel, num_warmup=cfg.warmup, num_samples=cfg.draws, num_chains=cfg.chains,
-                chain_method=chain_method, progress_bar=False)
     key_mcmc, key_prior = jax.random.split(jax.random.PRNGKey(cfg.seed))
     _log(f"fitting the {cfg.law} law to {len(y)} runs: {cfg.chains} chains x "
          f"({cfg.warmup} warm-up + {cfg.draws} draws), NUTS", quiet)
     t0 = time.perf_counter()
-    mcmc.run(key_mcmc, *args, np.log(y), extra_fields=("diverging", "num_steps"), **model_kw)
-    # to host numpy at once, by chain: reshaping the device arrays of parallel chains eagerly
-    # (what ``get_samples()`` and ``az.from_numpyro`` do) costs ~2 s of small compilations
-    samples = {k: np.asarray(v) for k, v in jax.device_get(mcmc.get_samples(group_by_chain=True)).items()}
-    extra = {k: np.asarray(v) for k, v in jax.device_get(mcmc.get_extra_fields(group_by_chain=True)).items()}
+    draws = sample_law(cfg.law, np.log(N), np.log(D), np.log(y), anchors=anchors, priors=priors, config=cfg,
+                       rng_key=key_mcmc)
     seconds_sampling = time.perf_counter() - t0
+    samples, extra = draws.samples, {"diverging": draws.diverging, "num_steps": draws.num_steps}
+    chain_method = draws.chain_method
     prior = prior_draws(cfg.law, anchors, priors, cfg.prior_draws, key_prior)
-    flat = {k: v.reshape((-1, *v.shape[2:])) for k, v in samples.items()}
-    loglik = numpyro.infer.log_likelihood(scaling_model, flat, *args, np.log(y), **model_kw)["log_loss"]
-    chains, draws = next(iter(samples.values())).shape[:2]
+    loglik = pointwise_log_lik(cfg.law, samples, np.log(N), np.log(D), np.log(y), anchors=anchors,
+                               likelihood=cfg.likelihood, nu=cfg.nu)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # arviz notes about missing dims
         idata = az.from_dict(
@@ -153,7 +147,7 @@ def fit(
                 "n_steps": extra["num_steps"],  # arviz's name for numpyro's num_steps
                 "tree_depth": np.log2(extra["num_steps"]).astype(int) + 1,
             },
-            log_likelihood={"log_loss": np.asarray(loglik).reshape(chains, draws, -1)},
+            log_likelihood={"log_loss": loglik},
             prior={k: v[None] for k, v in prior.items()},
             observed_data={"log_loss": np.log(y)},
             constant_data={"N": N, "D": D, "C": runs["C"].to_numpy(float), "loss": y},
@@ -187,28 +181,79 @@ def fit(
     return idata
 
 
-def _chain_method(chains: int) -> str:
-    """Parallel chains where JAX has a CPU device per chain (see ``_jax.HOST_DEVICES``), else vectorised.
+def sample_law(
+    law: str,
+    log_N: np.ndarray,
+    log_D: np.ndarray,
+    log_loss: np.ndarray,
+    *,
+    anchors: Anchors,
+    priors: dict[str, str],
+    config: FitConfig,
+    rng_key: Any,
+    mask: np.ndarray | None = None,
+) -> Draws:
+    """NUTS draws of ``law`` given runs (natural logs), with the compiled sampler of their size.
 
-    Both are deterministic for a given seed; they draw different (equally valid) numbers.
+    ``mask`` (bool, one per run) leaves runs out of the likelihood: forward validation fits the
+    cheaper runs of a table with the program compiled for the whole table.
     """
-    if chains > 1 and jax.default_backend() == "cpu" and jax.local_device_count() >= chains:
-        return "parallel"
-    return "vectorized"
+    forms, values = prior_forms(law, priors)
+    n = len(log_N)
+    size = bucket(n)
+    key = SamplerKey(law=law, forms=tuple(forms.items()), likelihood=config.likelihood, nu=float(config.nu),
+                     size=size, chains=int(config.chains), warmup=int(config.warmup), draws=int(config.draws),
+                     target_accept=float(config.target_accept), max_tree_depth=int(config.max_tree_depth),
+                     dense_mass=bool(config.dense_mass))
+    m = np.ones(n, bool) if mask is None else np.asarray(mask, bool)
+    # padding sits at the pivots with log loss 0: finite, and masked out of the likelihood
+    args = (pad(log_N, size, anchors.log_N0), pad(log_D, size, anchors.log_D0), pad(log_loss, size, 0.0),
+            np.concatenate([m, np.zeros(size - n, bool)]))
+    return compiled(key).run(rng_key, *args, (anchors.log_N0, anchors.log_D0), values)
+
+
+def pointwise_log_lik(
+    law: str,
+    samples: dict[str, np.ndarray],
+    log_N: np.ndarray,
+    log_D: np.ndarray,
+    log_loss: np.ndarray,
+    *,
+    anchors: Anchors,
+    likelihood: str,
+    nu: float,
+) -> np.ndarray:
+    """Log likelihood of every run under every draw, shape ``(*draw_shape, runs)``."""
+    th = {k: jnp.asarray(samples[k]) for k in SAMPLED_SITES[law]}
+    return np.asarray(_log_lik(th, jnp.asarray(log_N) - anchors.log_N0, jnp.asarray(log_D) - anchors.log_D0,
+                               jnp.asarray(log_loss), law=law, likelihood=likelihood, nu=float(nu)))
+
+
+@partial(jax.jit, static_argnames=("law", "likelihood", "nu"))
+def _log_lik(th: dict, n: jax.Array, d: jax.Array, y: jax.Array, *, law: str, likelihood: str, nu: float) -> jax.Array:
+    th = {k: v[..., None] for k, v in th.items()}
+    return noise_log_prob(likelihood, nu, y, log_mean(law, th, n, d), th["sigma"])
 
 
 def prior_draws(law: str, anchors: Anchors, priors: dict[str, str], n: int, key: Any) -> dict[str, np.ndarray]:
     """``n`` draws of every sampled site from its prior, plus the natural parameters.
 
     Sampled directly from each site's distribution (the priors are independent), which is what
-    ``numpyro.infer.Predictive`` would do for these sites, without tracing and compiling the
-    model (~3 s of a fit).
+    ``numpyro.infer.Predictive`` would do for these sites, in one small compiled program rather
+    than tracing the model or sampling op by op.
     """
+    forms, values = prior_forms(law, priors)
+    out = _prior_draws(key, {k: jnp.asarray(v) for k, v in values.items()},
+                       jnp.asarray([anchors.log_N0, anchors.log_D0]), law=law, forms=tuple(forms.items()), n=int(n))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+@partial(jax.jit, static_argnames=("law", "forms", "n"))
+def _prior_draws(key: jax.Array, values: dict, pivots: jax.Array, *, law: str, forms: tuple, n: int) -> dict:
+    f = dict(forms)
     keys = jax.random.split(key, len(SAMPLED_SITES[law]))
-    th = {name: np.asarray(parse_prior(priors[name], site=name).sample(k, (n,)))
-          for name, k in zip(SAMPLED_SITES[law], keys, strict=True)}
-    nat = {k: np.asarray(v) for k, v in natural_params(law, th, anchors).items() if k not in th}
-    return {**th, **nat}
+    th = {name: f[name].build(values[name]).sample(k, (n,)) for name, k in zip(SAMPLED_SITES[law], keys, strict=True)}
+    return {**th, **{k: v for k, v in natural_params(law, th, pivots).items() if k not in th}}
 
 
 def metadata(idata: az.InferenceData) -> dict[str, Any]:

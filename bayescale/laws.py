@@ -6,13 +6,21 @@ compute ``C = 6 N D`` FLOP. Every function broadcasts: pass parameter arrays of 
 :func:`broadcast_draws`) to evaluate a whole posterior at once. Nothing here does I/O, so
 all of it can be jitted, vmapped and differentiated.
 
-Two laws:
+The family of laws (:data:`LAWS`):
 
 * ``chinchilla`` (Hoffmann et al. 2022): ``L = E + A / N^alpha + B / D^beta``.
 * ``kaplan`` (Kaplan et al. 2020, eq. 1.5, plus an irreducible loss ``E``):
   ``L = E + [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D``.
+* ``shared`` (Gadre et al. 2024, arXiv:2403.08540, their eq. for ``L(N, M)``; also the form
+  behind Hoffmann et al.'s Approaches 1 and 2, where ``N* ∝ C^0.5``): the Chinchilla form with
+  one exponent for both terms, ``L = E + A / N^alpha + B / D^alpha``. Why it is in the family:
+  it is what the over-training study fitted to extrapolate to its 1.4B and 6.9B models (about
+  0.7% error), it has one parameter fewer, so it bends less when it extrapolates, and it stands
+  for a distinct hypothesis about the allocation (``N*`` and ``D*`` grow equally fast,
+  ``a = b = 1/2``) that a user weighing Chinchilla-style fits should see weighed against the
+  data rather than assumed or ignored.
 
-Both have closed-form compute-optimal allocations under ``C = 6ND`` (derived below); a
+All have closed-form compute-optimal allocations under ``C = 6ND`` (derived below); a
 generic bracketing minimiser (:func:`numerical_optimal_N`) solves any law numerically and
 is used in the tests to check the closed forms.
 """
@@ -30,10 +38,11 @@ from . import _jax  # noqa: F401  (float64 + compilation cache, before any array
 
 Params = Mapping[str, ArrayLike]
 
-LAWS = ("chinchilla", "kaplan")
+LAWS = ("chinchilla", "kaplan", "shared")
 PARAM_NAMES = {
     "chinchilla": ("E", "A", "B", "alpha", "beta"),
     "kaplan": ("E", "N_c", "D_c", "alpha_N", "alpha_D"),
+    "shared": ("E", "A", "B", "alpha"),
 }
 FLOP_PER_PARAM_TOKEN = 6.0  # C = 6 N D: forward 2ND + backward 4ND (Kaplan et al. 2020, sec. 2.1)
 
@@ -66,9 +75,20 @@ def kaplan_loss(p: Params, N: ArrayLike, D: ArrayLike) -> Array:
     return p["E"] + jnp.exp(p["alpha_D"] * jnp.log(inner))
 
 
+def shared_loss(p: Params, N: ArrayLike, D: ArrayLike) -> Array:
+    """``E + A / N^alpha + B / D^alpha``: the Chinchilla form with one exponent."""
+    return chinchilla_loss(_as_chinchilla(p), N, D)
+
+
+def _as_chinchilla(p: Params) -> dict[str, ArrayLike]:
+    """The shared-exponent law's parameters as Chinchilla parameters (``beta = alpha``)."""
+    return {"E": p["E"], "A": p["A"], "B": p["B"], "alpha": p["alpha"], "beta": p["alpha"]}
+
+
 LOSSES: dict[str, Callable[[Params, ArrayLike, ArrayLike], Array]] = {
     "chinchilla": chinchilla_loss,
     "kaplan": kaplan_loss,
+    "shared": shared_loss,
 }
 
 
@@ -116,13 +136,26 @@ def kaplan_optimal_N(p: Params, C: ArrayLike) -> Array:
     return jnp.exp((jnp.log(r) + r * jnp.log(p["N_c"]) + logC6 - jnp.log(p["D_c"])) / (1.0 + r))
 
 
+def shared_optimal_N(p: Params, C: ArrayLike) -> Array:
+    """Closed form for the shared-exponent law: ``N* = (A / B)^(1/(2 alpha)) (C/6)^(1/2)``."""
+    return chinchilla_optimal_N(_as_chinchilla(p), C)
+
+
+def shared_exponents(p: Params) -> tuple[Array, Array]:
+    """``(a, b) = (1/2, 1/2)`` for every draw: one exponent splits compute equally in log space."""
+    half = 0.5 * jnp.ones_like(jnp.asarray(p["alpha"], dtype=float))
+    return half, half
+
+
 OPTIMAL_N: dict[str, Callable[[Params, ArrayLike], Array]] = {
     "chinchilla": chinchilla_optimal_N,
     "kaplan": kaplan_optimal_N,
+    "shared": shared_optimal_N,
 }
 EXPONENTS: dict[str, Callable[[Params], tuple[Array, Array]]] = {
     "chinchilla": chinchilla_exponents,
     "kaplan": kaplan_exponents,
+    "shared": shared_exponents,
 }
 
 

@@ -1,8 +1,9 @@
 """NumPyro models of scaling laws, as plain functions.
 
-One generic model, :func:`scaling_model`, serves both laws; :func:`chinchilla` and
-:func:`kaplan` fix the law. Observed data default to ``None`` so the same function gives the
-prior predictive, the fit and the posterior predictive.
+One generic model, :func:`scaling_model`, serves every law of the family
+(:data:`bayescale.laws.LAWS`); :func:`chinchilla`, :func:`kaplan` and :func:`shared` fix the
+law. Observed data default to ``None`` so the same function gives the prior predictive, the
+fit and the posterior predictive.
 
 Parameterisation (why): the raw parameters of a power law are nearly collinear (raising
 ``alpha`` and ``log A`` together barely moves the curve over the data), which makes NUTS take
@@ -15,6 +16,7 @@ amplitude parameter:
   ``n = log N - log N0``, ``d = log D - log D0``.
 * kaplan: ``log_N_term = (alpha_N/alpha_D) log(N_c/N0)``, ``log_D_term = log(D_c/D0)``, so
   ``L = E + [exp(log_N_term - (alpha_N/alpha_D) n) + exp(log_D_term - d)]^alpha_D``.
+* shared: as chinchilla with ``beta = alpha``.
 
 The natural parameters (E, A, B, alpha, beta or E, N_c, D_c, alpha_N, alpha_D) are recorded
 as deterministic sites. The likelihood is on log loss: Student-t (robust, the default) or
@@ -48,6 +50,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
@@ -56,18 +59,16 @@ from jax import Array
 
 from . import _jax  # noqa: F401
 from .errors import InputError
-from .laws import check_law
+from .laws import LAWS, PARAM_NAMES, check_law
 
 LIKELIHOODS = ("student_t", "gaussian")
 SAMPLED_SITES = {
     "chinchilla": ("E", "alpha", "beta", "log_A_pivot", "log_B_pivot", "sigma"),
     "kaplan": ("E", "alpha_N", "alpha_D", "log_N_term", "log_D_term", "sigma"),
+    "shared": ("E", "alpha", "log_A_pivot", "log_B_pivot", "sigma"),
 }
 POSITIVE_SITES = ("E", "alpha", "beta", "alpha_N", "alpha_D", "sigma")
-REPORTED = {
-    "chinchilla": ("E", "A", "B", "alpha", "beta", "sigma"),
-    "kaplan": ("E", "N_c", "D_c", "alpha_N", "alpha_D", "sigma"),
-}
+REPORTED = {law: (*PARAM_NAMES[law], "sigma") for law in LAWS}
 # distributions a prior may name: all numeric-argument families of numpyro
 PRIOR_FAMILIES = (
     "Normal", "LogNormal", "HalfNormal", "HalfCauchy", "Cauchy", "StudentT", "Uniform", "Gamma",
@@ -104,6 +105,8 @@ def default_prior_specs(law: str, anchors: Anchors) -> dict[str, str]:
     expo = f"LogNormal({math.log(0.3):.6g}, 0.6)"
     if law == "chinchilla":
         specs = {"E": e, "alpha": expo, "beta": expo, "log_A_pivot": amp, "log_B_pivot": amp}
+    elif law == "shared":
+        specs = {"E": e, "alpha": expo, "log_A_pivot": amp, "log_B_pivot": amp}
     else:
         specs = {"E": e, "alpha_N": expo, "alpha_D": expo,
                  "log_N_term": "Normal(0, 3.0)", "log_D_term": "Normal(0, 3.0)"}
@@ -111,14 +114,8 @@ def default_prior_specs(law: str, anchors: Anchors) -> dict[str, str]:
     return specs
 
 
-def parse_prior(spec: str, *, site: str = "") -> dist.Distribution:
-    """Build a distribution from text like ``"LogNormal(-1.2, 0.5)"``.
-
-    Only the families in ``PRIOR_FAMILIES`` with numeric arguments are accepted (the text is
-    parsed, never evaluated). Positive-valued sites (E, exponents, sigma) must get a prior
-    whose support is positive.
-    """
-    field = f"prior {site}" if site else "prior"
+def _parse_spec(spec: str, field: str) -> tuple[str, list[float], dict[str, float]]:
+    """``"LogNormal(-1.2, 0.5)"`` -> ``("LogNormal", [-1.2, 0.5], {})``, parsed, never evaluated."""
     try:
         node = ast.parse(spec.strip(), mode="eval").body
     except SyntaxError:
@@ -140,8 +137,18 @@ def parse_prior(spec: str, *, site: str = "") -> dist.Distribution:
                              field=field)
         return float(v)
 
-    args = [num(a) for a in node.args]
-    kwargs = {k.arg: num(k.value) for k in node.keywords if k.arg}
+    return name, [num(a) for a in node.args], {k.arg: num(k.value) for k in node.keywords if k.arg}
+
+
+def parse_prior(spec: str, *, site: str = "") -> dist.Distribution:
+    """Build a distribution from text like ``"LogNormal(-1.2, 0.5)"``.
+
+    Only the families in ``PRIOR_FAMILIES`` with numeric arguments are accepted (the text is
+    parsed, never evaluated). Positive-valued sites (E, exponents, sigma) must get a prior
+    whose support is positive.
+    """
+    field = f"prior {site}" if site else "prior"
+    name, args, kwargs = _parse_spec(spec, field)
     try:
         d = getattr(dist, name)(*args, **kwargs, validate_args=True)
     except (TypeError, ValueError) as e:
@@ -153,6 +160,37 @@ def parse_prior(spec: str, *, site: str = "") -> dist.Distribution:
             raise InputError(f"{site} must be positive: give a positive-valued prior "
                              f"(LogNormal, HalfNormal, Gamma, ...), not {spec!r}", field=field)
     return d
+
+
+@dataclass(frozen=True)
+class PriorForm:
+    """The shape of one site's prior: its family and argument names, without the numbers.
+
+    A model compiled for one set of forms takes the numbers as (traced) arrays, so a refit whose
+    priors differ only in their numbers (data-anchored defaults on a new subset of runs) reuses
+    the compiled sampler.
+    """
+
+    family: str
+    n_args: int  # positional arguments
+    kw_names: tuple[str, ...]  # keyword arguments, in the order of the values
+
+    def build(self, values: Array) -> dist.Distribution:
+        """The distribution with ``values`` (positional, then keyword) filled in."""
+        args = [values[i] for i in range(self.n_args)]
+        kwargs = {k: values[self.n_args + j] for j, k in enumerate(self.kw_names)}
+        return getattr(dist, self.family)(*args, **kwargs)
+
+
+def prior_forms(law: str, priors: Mapping[str, str]) -> tuple[dict[str, PriorForm], dict[str, np.ndarray]]:
+    """Split validated prior specs into static forms and numeric values, per sampled site."""
+    forms, values = {}, {}
+    for site in SAMPLED_SITES[law]:
+        parse_prior(priors[site], site=site)  # validate, with a message naming the site
+        family, args, kwargs = _parse_spec(priors[site], f"prior {site}")
+        forms[site] = PriorForm(family, len(args), tuple(kwargs))
+        values[site] = np.asarray([*args, *kwargs.values()], dtype=float)
+    return forms, values
 
 
 def resolve_priors(law: str, anchors: Anchors, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -167,14 +205,15 @@ def resolve_priors(law: str, anchors: Anchors, overrides: Mapping[str, str] | No
     return specs
 
 
-def _log_mean(law: str, th: Mapping[str, Array], n: Array, d: Array) -> Array:
-    """log of the law's predicted loss at centred log N, log D (``n``, ``d``)."""
-    if law == "chinchilla":
-        terms = jnp.stack([
-            jnp.broadcast_to(jnp.log(th["E"]), jnp.shape(n)),
+def log_mean(law: str, th: Mapping[str, Array], n: Array, d: Array) -> Array:
+    """log of the law's predicted loss at centred log N, log D (``n``, ``d``), from sampled sites."""
+    if law in ("chinchilla", "shared"):
+        beta = th["alpha"] if law == "shared" else th["beta"]
+        terms = jnp.stack(jnp.broadcast_arrays(
+            jnp.log(th["E"]),
             th["log_A_pivot"] - th["alpha"] * n,
-            th["log_B_pivot"] - th["beta"] * d,
-        ])
+            th["log_B_pivot"] - beta * d,
+        ))
         return jax_logsumexp(terms)
     r = th["alpha_N"] / th["alpha_D"]
     log_bracket = jnp.logaddexp(th["log_N_term"] - r * n, th["log_D_term"] - d)
@@ -190,14 +229,17 @@ def jax_logsumexp(x: Array) -> Array:
 def natural_params(law: str, th: Mapping[str, Array], anchors_or_pivots: Any) -> dict[str, Array]:
     """Convert sampled (pivot-centred) parameters to the law's natural parameters."""
     log_N0, log_D0 = _pivots(anchors_or_pivots)
-    if law == "chinchilla":
-        return {
+    if law in ("chinchilla", "shared"):
+        beta = th["alpha"] if law == "shared" else th["beta"]
+        out = {
             "E": th["E"],
             "A": jnp.exp(th["log_A_pivot"] + th["alpha"] * log_N0),
-            "B": jnp.exp(th["log_B_pivot"] + th["beta"] * log_D0),
+            "B": jnp.exp(th["log_B_pivot"] + beta * log_D0),
             "alpha": th["alpha"],
-            "beta": th["beta"],
         }
+        if law == "chinchilla":
+            out["beta"] = th["beta"]
+        return out
     r = th["alpha_N"] / th["alpha_D"]
     return {
         "E": th["E"],
@@ -208,10 +250,162 @@ def natural_params(law: str, th: Mapping[str, Array], anchors_or_pivots: Any) ->
     }
 
 
-def _pivots(a: Any) -> tuple[float, float]:
+def _pivots(a: Any) -> tuple[Any, Any]:
     if isinstance(a, Anchors):
         return a.log_N0, a.log_D0
-    return float(a[0]), float(a[1])
+    return a[0], a[1]
+
+
+def noise_log_prob(likelihood: str, nu: float, y: Array, mu: Array, sigma: Array) -> Array:
+    """Log density of observed log loss ``y`` around the law's ``mu`` with scale ``sigma``."""
+    return _noise(likelihood, nu, mu, sigma).log_prob(y)
+
+
+def _noise(likelihood: str, nu: float, mu: Array, sigma: Array) -> dist.Distribution:
+    if likelihood == "student_t":
+        return dist.StudentT(nu, mu, sigma)
+    if likelihood == "gaussian":
+        return dist.Normal(mu, sigma)
+    raise ValueError(f"unknown likelihood {likelihood!r}; expected one of {', '.join(LIKELIHOODS)}")
+
+
+# --------------------------------------------------------------------------------------------
+# sampling coordinates
+#
+# The laws' posteriors are curved ridges: the data pin down the loss near the runs far better than
+# how it splits between the irreducible E and the power-law terms, so E, the amplitudes and the
+# exponents slide together along a banana that narrows at one end. NUTS with a dense mass matrix
+# straightens linear correlations, not curved ones; on a Marin table the Kaplan law's chains
+# stalled in the narrow end (R-hat 1.27, divergences). The models therefore sample in coordinates
+# where that ridge is nearly straight, and put the priors (unchanged: on E, the exponents and
+# the pivot amplitudes) on the original sites through the change of variables' Jacobian:
+#
+# * l0 = log L0, the log loss at the pivots, which the data fix tightly;
+# * how L0 splits between E and the reducible terms, as logits (chinchilla, shared: z_A, z_B
+#   against E; kaplan: z, the reducible share against E, and rho, the N share of the bracket);
+# * log exponents and log sigma.
+#
+# Along the ridge log(exponent) + log(reducible share) is nearly constant (the data fix the local
+# slope of the loss), which is linear in these coordinates. The posterior is the same; only its
+# geometry for the sampler changes (tests check both against each other and by SBC).
+
+SAMPLING_COORDS = {
+    "chinchilla": ("l0", "z_A", "z_B", "log_alpha", "log_beta", "log_sigma"),
+    "shared": ("l0", "z_A", "z_B", "log_alpha", "log_sigma"),
+    "kaplan": ("l0", "z", "log_alpha_N", "log_alpha_D", "rho", "log_sigma"),
+}
+
+
+def from_sampling(law: str, u: Array) -> dict[str, Array]:
+    """Sampling coordinates (last axis of ``u``) -> the law's sampled sites."""
+    u = jnp.moveaxis(jnp.asarray(u), -1, 0)
+    if law in ("chinchilla", "shared"):
+        l0, z_a, z_b, log_alpha = u[0], u[1], u[2], u[3]
+        zeros = jnp.zeros_like(l0)
+        logf = jax.nn.log_softmax(jnp.stack([zeros, z_a, z_b]), axis=0)
+        th = {"E": jnp.exp(l0 + logf[0]), "alpha": jnp.exp(log_alpha),
+              "log_A_pivot": l0 + logf[1], "log_B_pivot": l0 + logf[2], "sigma": jnp.exp(u[-1])}
+        if law == "chinchilla":
+            th["beta"] = jnp.exp(u[4])
+        return th
+    l0, z, log_alpha_n, log_alpha_d, rho = u[0], u[1], u[2], u[3], u[4]
+    alpha_d = jnp.exp(log_alpha_d)
+    log_bracket = (l0 + jax.nn.log_sigmoid(z)) / alpha_d  # log of the bracket at the pivot
+    return {"E": jnp.exp(l0 + jax.nn.log_sigmoid(-z)), "alpha_N": jnp.exp(log_alpha_n), "alpha_D": alpha_d,
+            "log_N_term": log_bracket + jax.nn.log_sigmoid(rho), "log_D_term": log_bracket + jax.nn.log_sigmoid(-rho),
+            "sigma": jnp.exp(u[-1])}
+
+
+def to_sampling(law: str, th: Mapping[str, Array]) -> Array:
+    """The law's sampled sites -> sampling coordinates (on the last axis); inverse of :func:`from_sampling`."""
+    log_e = jnp.log(th["E"])
+    if law in ("chinchilla", "shared"):
+        la, lb = th["log_A_pivot"], th["log_B_pivot"]
+        cols = [jax_logsumexp(jnp.stack(jnp.broadcast_arrays(log_e, la, lb))), la - log_e, lb - log_e,
+                jnp.log(th["alpha"])]
+        if law == "chinchilla":
+            cols.append(jnp.log(th["beta"]))
+    else:
+        ln, ld = th["log_N_term"], th["log_D_term"]
+        g0 = th["alpha_D"] * jnp.logaddexp(ln, ld)  # log reducible loss at the pivot
+        cols = [jnp.logaddexp(log_e, g0), g0 - log_e, jnp.log(th["alpha_N"]), jnp.log(th["alpha_D"]), ln - ld]
+    cols.append(jnp.log(th["sigma"]))
+    return jnp.stack(jnp.broadcast_arrays(*cols), axis=-1)
+
+
+def log_abs_det_jacobian(law: str, u: Array) -> Array:
+    """``log |det d(sites)/du|`` of :func:`from_sampling`, in closed form.
+
+    chinchilla and shared: ``(log E, log_A_pivot, log_B_pivot)`` from ``(l0, z_A, z_B)`` has
+    determinant 1 (subtract the log E row from the other two: an identity block remains), and each
+    site taken as the exponential of a coordinate adds that site's log. kaplan: the
+    ``(log E, log_N_term, log_D_term)`` block against ``(l0, z, rho)`` has determinant
+    ``-1/alpha_D`` (checked against autodiff in the tests), so ``alpha_D`` cancels.
+    """
+    th = from_sampling(law, u)
+    out = jnp.log(th["E"]) + jnp.log(th["sigma"])
+    if law == "kaplan":
+        return out + jnp.log(th["alpha_N"])
+    out = out + jnp.log(th["alpha"])
+    return out + jnp.log(th["beta"]) if law == "chinchilla" else out
+
+
+def prior_log_density(law: str, u: Array, forms: Mapping[str, PriorForm], prior_values: Mapping[str, Array]) -> Array:
+    """Log prior density of sampling coordinates ``u``: the priors on the law's sites times the
+    Jacobian of the map from ``u`` to those sites."""
+    th = from_sampling(law, u)
+    lp = log_abs_det_jacobian(law, u)
+    for k in SAMPLED_SITES[law]:
+        d = forms[k].build(prior_values[k])
+        lp = lp + jnp.where(d.support(th[k]), d.log_prob(th[k]), -jnp.inf)
+    return lp
+
+
+def initial_point(law: str, forms: Mapping[str, PriorForm], prior_values: Mapping[str, Array], rng: Array,
+                  spread: float = 1.0) -> Array:
+    """A chain's starting point in sampling coordinates: each site's prior median, mapped to
+    sampling coordinates and jittered by ``U(-spread, spread)``."""
+    sites = SAMPLED_SITES[law]
+    keys = jax.random.split(rng, len(sites) + 1)
+    med = {k: jnp.median(forms[k].build(prior_values[k]).sample(key, (201,)), axis=0)
+           for k, key in zip(sites, keys[:-1], strict=True)}
+    u = to_sampling(law, med)
+    return u + jax.random.uniform(keys[-1], u.shape, minval=-spread, maxval=spread)
+
+
+def law_model(
+    log_N: Array,
+    log_D: Array,
+    log_loss: Array | None,
+    mask: Array | None,
+    pivots: Array,
+    prior_values: Mapping[str, Array],
+    *,
+    law: str,
+    forms: Mapping[str, PriorForm],
+    likelihood: str = "student_t",
+    nu: float = 4.0,
+) -> None:
+    """The model with every number an argument: what the compiled sampler traces once.
+
+    ``pivots`` is ``[log_N0, log_D0]``; ``prior_values`` holds each site's prior numbers in
+    the order of its :class:`PriorForm`; ``mask`` (bool, per run) leaves runs out of the
+    likelihood, so a table padded to a fixed size, or cut for forward validation, is fitted
+    by the same compiled program. The sampler moves in :data:`SAMPLING_COORDS` (site ``u``);
+    the law's sites and natural parameters are recorded as deterministic sites.
+    """
+    k = len(SAMPLING_COORDS[law])
+    u = numpyro.sample("u", dist.ImproperUniform(dist.constraints.real_vector, (), (k,)))
+    numpyro.factor("prior", prior_log_density(law, u, forms, prior_values))
+    th = from_sampling(law, u)
+    for name in SAMPLED_SITES[law]:
+        numpyro.deterministic(name, th[name])
+    for name, v in natural_params(law, th, pivots).items():
+        if name not in th:
+            numpyro.deterministic(name, v)
+    mu = log_mean(law, th, log_N - pivots[0], log_D - pivots[1])
+    with numpyro.plate("obs", log_N.shape[0]), numpyro.handlers.mask(mask=True if mask is None else mask):
+        numpyro.sample("log_loss", _noise(likelihood, nu, mu, th["sigma"]), obs=log_loss)
 
 
 def scaling_model(
@@ -234,7 +428,7 @@ def scaling_model(
     log_loss
         Natural log of the observed losses, or ``None`` to sample from the model.
     law
-        ``"chinchilla"`` or ``"kaplan"``.
+        A law of :data:`bayescale.laws.LAWS`.
     anchors
         Pivots and loss scale (:class:`Anchors`).
     priors
@@ -244,22 +438,10 @@ def scaling_model(
     nu
         Degrees of freedom of the Student-t likelihood.
     """
-    th = {name: numpyro.sample(name, parse_prior(priors[name], site=name))
-          for name in SAMPLED_SITES[law]}
-    for k, v in natural_params(law, th, anchors).items():
-        if k not in th:
-            numpyro.deterministic(k, v)
-    n = log_N - anchors.log_N0
-    d = log_D - anchors.log_D0
-    mu = _log_mean(law, th, n, d)
-    if likelihood == "student_t":
-        noise = dist.StudentT(nu, mu, th["sigma"])
-    elif likelihood == "gaussian":
-        noise = dist.Normal(mu, th["sigma"])
-    else:
-        raise ValueError(f"unknown likelihood {likelihood!r}; expected one of {', '.join(LIKELIHOODS)}")
-    with numpyro.plate("obs", log_N.shape[0]):
-        numpyro.sample("log_loss", noise, obs=log_loss)
+    forms, values = prior_forms(law, priors)
+    law_model(jnp.asarray(log_N), jnp.asarray(log_D), log_loss, None,
+              jnp.asarray([anchors.log_N0, anchors.log_D0]), {k: jnp.asarray(v) for k, v in values.items()},
+              law=law, forms=forms, likelihood=likelihood, nu=nu)
 
 
 def chinchilla(log_N: Array, log_D: Array, log_loss: Array | None = None, **kw: Any) -> None:
@@ -270,3 +452,8 @@ def chinchilla(log_N: Array, log_D: Array, log_loss: Array | None = None, **kw: 
 def kaplan(log_N: Array, log_D: Array, log_loss: Array | None = None, **kw: Any) -> None:
     """:func:`scaling_model` with the Kaplan-with-E law."""
     scaling_model(log_N, log_D, log_loss, law="kaplan", **kw)
+
+
+def shared(log_N: Array, log_D: Array, log_loss: Array | None = None, **kw: Any) -> None:
+    """:func:`scaling_model` with the shared-exponent (Gadre et al. 2024) law."""
+    scaling_model(log_N, log_D, log_loss, law="shared", **kw)

@@ -1,0 +1,147 @@
+"""NUTS compiled once per model structure, with the data, the priors' numbers and the pivots as
+arguments.
+
+Why: a law-averaged fit refits every law on several forward-validation cuts, ``check --sbc``
+refits hundreds of simulated tables, and the design loop refits after every batch. NumPyro's
+``MCMC.run`` traces and lowers its sampler again on every call (about a second each here). A
+:class:`CompiledNUTS` is built once for a (law, prior families, likelihood, padded size,
+sampler options) key and then runs any table of up to that many runs: the table is padded to a
+bucketed size and a mask keeps the padding (or the runs a forward-validation cut leaves out)
+out of the likelihood.
+
+Chains run in parallel, one per XLA CPU device, where JAX has a device per chain (see
+:data:`bayescale._jax.HOST_DEVICES`), and vectorised otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro.infer.hmc import hmc
+from numpyro.infer.util import constrain_fn, potential_energy
+
+from . import _jax  # noqa: F401  (float64, host devices, compilation cache)
+from .models import PriorForm, initial_point, law_model
+
+MIN_BUCKET = 16
+
+
+def bucket(n: int) -> int:
+    """Padded size for ``n`` runs: the next power of two (at least :data:`MIN_BUCKET`).
+
+    A growing table (a design loop, forward-validation cuts) then recompiles only when it
+    crosses a power of two, at the cost of at most twice the likelihood terms.
+    """
+    return max(MIN_BUCKET, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+
+
+def chain_method(chains: int) -> str:
+    """Parallel chains where JAX has a CPU device per chain, else vectorised.
+
+    Both are deterministic for a given seed; they draw different (equally valid) numbers.
+    """
+    if chains > 1 and jax.default_backend() == "cpu" and jax.local_device_count() >= chains:
+        return "parallel"
+    return "vectorized"
+
+
+@dataclass(frozen=True)
+class SamplerKey:
+    """Everything that fixes the compiled program; numbers that vary between fits are not here."""
+
+    law: str
+    forms: tuple[tuple[str, PriorForm], ...]
+    likelihood: str
+    nu: float
+    size: int  # padded number of runs
+    chains: int
+    warmup: int
+    draws: int
+    target_accept: float
+    max_tree_depth: int
+    dense_mass: bool
+
+
+@dataclass
+class Draws:
+    """What one run of the sampler returns, as host arrays of shape ``(chains, draws, ...)``."""
+
+    samples: dict[str, np.ndarray]  # sampled sites (constrained) and deterministic sites
+    diverging: np.ndarray
+    num_steps: np.ndarray
+    chain_method: str
+
+
+class CompiledNUTS:
+    """NUTS for one :class:`SamplerKey`, traced and compiled on first use, then reused."""
+
+    def __init__(self, key: SamplerKey) -> None:
+        self.key = key
+        self.method = chain_method(key.chains)
+        forms = dict(key.forms)
+        model = partial(law_model, law=key.law, forms=forms, likelihood=key.likelihood, nu=key.nu)
+        init_kernel, sample_kernel = hmc(potential_fn_gen=lambda *a: partial(potential_energy, model, a, {}),
+                                         algo="NUTS")
+
+        def one_chain(rng: jax.Array, args: tuple) -> tuple:
+            rng_init, rng_nuts = jax.random.split(rng)
+            z0 = {"u": initial_point(key.law, forms, args[-1], rng_init)}
+            state = init_kernel(z0, key.warmup, dense_mass=key.dense_mass, target_accept_prob=key.target_accept,
+                                max_tree_depth=key.max_tree_depth, model_args=args, rng_key=rng_nuts)
+
+            def step(s: Any, _: Any) -> tuple:
+                s = sample_kernel(s, model_args=args)
+                return s, (s.z, s.diverging, s.num_steps)
+
+            # one loop over warm-up and sampling (the kernel adapts while its counter is below
+            # num_warmup): NUTS is traced and compiled once, not twice
+            _, (z, div, steps) = jax.lax.scan(step, state, None, length=key.warmup + key.draws)
+            z, div, steps = jax.tree.map(lambda x: x[key.warmup:], (z, div, steps))
+            post = jax.vmap(lambda zi: constrain_fn(model, args, {}, zi, return_deterministic=True))(z)
+            post.pop("u")  # sampling coordinates: the law's own sites are recorded beside them
+            return post, div, steps
+
+        if self.method == "parallel":
+            self._run = jax.pmap(one_chain, in_axes=(0, None))
+        else:
+            self._run = jax.jit(jax.vmap(one_chain, in_axes=(0, None)))
+
+    def run(
+        self,
+        rng_key: jax.Array,
+        log_N: np.ndarray,
+        log_D: np.ndarray,
+        log_loss: np.ndarray,
+        mask: np.ndarray,
+        pivots: tuple[float, float],
+        prior_values: Mapping[str, np.ndarray],
+    ) -> Draws:
+        """Sample the posterior given runs padded to ``key.size`` (``mask`` marks the real ones)."""
+        args = (jnp.asarray(log_N), jnp.asarray(log_D), jnp.asarray(log_loss), jnp.asarray(mask),
+                jnp.asarray(pivots, dtype=float), {k: jnp.asarray(v, dtype=float) for k, v in prior_values.items()})
+        post, div, steps = jax.device_get(self._run(jax.random.split(rng_key, self.key.chains), args))
+        return Draws({k: np.asarray(v) for k, v in post.items()}, np.asarray(div), np.asarray(steps), self.method)
+
+
+_COMPILED: dict[SamplerKey, CompiledNUTS] = {}
+
+
+def compiled(key: SamplerKey) -> CompiledNUTS:
+    """The sampler for ``key``, built once per process."""
+    if key not in _COMPILED:
+        _COMPILED[key] = CompiledNUTS(key)
+    return _COMPILED[key]
+
+
+def pad(x: np.ndarray, size: int, fill: float) -> np.ndarray:
+    """``x`` padded with ``fill`` to ``size`` entries."""
+    out = np.full(size, fill, dtype=float)
+    out[: len(x)] = x
+    return out
