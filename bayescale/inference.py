@@ -11,13 +11,11 @@ source and filter, sampler options and library versions, so that ``optimal``, ``
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -32,7 +30,7 @@ from . import (
 )
 from ._arviz import az
 from .errors import InputError
-from .laws import check_law
+from .laws import LAWS, check_law
 from .models import (
     LIKELIHOODS,
     REPORTED,
@@ -44,9 +42,14 @@ from .models import (
     prior_forms,
     resolve_priors,
 )
-from .sampler import Draws, SamplerKey, bucket, compiled, pad
+from .sampler import Draws, SamplerKey, WarmStart, bucket, compiled, pad
+from .store import AVERAGED, META_KEY, law_view, laws_of, load_posterior, metadata, save_posterior
 
-META_KEY = "bayescale"
+__all__ = ["FitConfig", "diagnostics", "fit", "load_posterior", "metadata", "save_posterior"]
+
+#: fewer runs than this cannot pin down a 5-parameter law and its noise
+MIN_RUNS = 6
+
 RHAT_MAX = 1.01
 ESS_MIN = 400
 
@@ -55,7 +58,7 @@ ESS_MIN = 400
 class FitConfig:
     """Options of a fit; every field is recorded in the saved posterior."""
 
-    law: str = "chinchilla"  # "chinchilla" or "kaplan"
+    law: str = AVERAGED  # "averaged" (the family, weighted) or one law: "chinchilla", "kaplan", "shared"
     chains: int = 4  # NUTS chains, run vectorised on one device
     warmup: int = 1000  # adaptation steps per chain
     draws: int = 1000  # kept draws per chain
@@ -67,9 +70,17 @@ class FitConfig:
     dense_mass: bool = True  # full mass matrix: absorbs the E-amplitude correlation (~10x fewer steps)
     priors: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # overrides: (site, spec)
     prior_draws: int = 1000  # draws from the prior, kept for plots and prior-vs-posterior checks
+    family: tuple[str, ...] = LAWS  # the laws an averaged fit weighs
+    lfo_cuts: int = 3  # forward-validation cuts of an averaged fit (see bayescale.averaging)
+    lfo_warmup: int = 200  # warm-up per chain of each forward-validation refit (warm-started)
+    lfo_draws: int = 200  # draws per chain of each forward-validation refit
+    psis: bool = True  # reuse the last exact refit by PSIS where its Pareto k allows
 
     def __post_init__(self) -> None:
-        check_law(self.law)
+        if self.law != AVERAGED:
+            check_law(self.law)
+        for law in self.family:
+            check_law(law)
         if self.likelihood not in LIKELIHOODS:
             raise InputError(f"expected one of {', '.join(LIKELIHOODS)}, got {self.likelihood!r}",
                              field="--likelihood")
@@ -85,6 +96,99 @@ def _log(msg: str, quiet: bool) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+@dataclass
+class LawFit:
+    """One law fitted to a table: what the posterior file stores of it."""
+
+    law: str
+    anchors: Anchors
+    priors: dict[str, str]
+    samples: dict[str, np.ndarray]  # (chains, draws, ...) per site
+    diverging: np.ndarray
+    num_steps: np.ndarray
+    log_lik: np.ndarray  # (chains, draws, runs)
+    prior: dict[str, np.ndarray]  # (prior_draws,) per site
+    seconds: float
+    chain_method: str
+    adapted: WarmStart | None = None  # where the chains ended: refits of similar data start there
+
+    def groups(self, prefix: str = "") -> dict[str, dict[str, np.ndarray]]:
+        """Its variables by InferenceData group, names prefixed (``"kaplan."`` in an averaged file)."""
+        p = lambda d: {prefix + k: v for k, v in d.items()}  # noqa: E731
+        return {
+            "posterior": p(self.samples),
+            "sample_stats": p({"diverging": self.diverging,
+                               "n_steps": self.num_steps,  # arviz's name for numpyro's num_steps
+                               "tree_depth": np.log2(self.num_steps).astype(int) + 1}),
+            "log_likelihood": p({"log_loss": self.log_lik}),
+            "prior": p({k: v[None] for k, v in self.prior.items()}),
+        }
+
+
+def fit_law(runs: pd.DataFrame, law: str, config: FitConfig, rng_key: Any, *, quiet: bool = True) -> LawFit:
+    """Fit one law to a validated table by NUTS (the parts; :func:`fit` makes the file's InferenceData)."""
+    N, D, y = (runs[c].to_numpy(float) for c in ("N", "D", "loss"))
+    anchors = Anchors.from_data(N, D, y)
+    priors = resolve_priors(law, anchors, dict(config.priors))
+    key_mcmc, key_prior = jax.random.split(rng_key)
+    _log(f"fitting the {law} law to {len(y)} runs: {config.chains} chains x "
+         f"({config.warmup} warm-up + {config.draws} draws), NUTS", quiet)
+    t0 = time.perf_counter()
+    draws = sample_law(law, np.log(N), np.log(D), np.log(y), anchors=anchors, priors=priors, config=config,
+                       rng_key=key_mcmc)
+    seconds = time.perf_counter() - t0
+    log_lik = pointwise_log_lik(law, draws.samples, np.log(N), np.log(D), np.log(y), anchors=anchors,
+                                likelihood=config.likelihood, nu=config.nu)
+    return LawFit(law, anchors, priors, draws.samples, draws.diverging, draws.num_steps, log_lik,
+                  prior_draws(law, anchors, priors, config.prior_draws, key_prior), seconds, draws.chain_method,
+                  draws.adapted)
+
+
+def build_idata(runs: pd.DataFrame, groups: dict[str, dict[str, np.ndarray]], meta: dict[str, Any]) -> az.InferenceData:
+    """The posterior file's InferenceData: the fitted groups, the runs, and the metadata."""
+    y = runs["loss"].to_numpy(float)
+    run_vars = [k for k in groups["log_likelihood"]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # arviz notes about missing dims
+        idata = az.from_dict(
+            **groups,
+            observed_data={"log_loss": np.log(y)},
+            constant_data={"N": runs["N"].to_numpy(float), "D": runs["D"].to_numpy(float),
+                           "C": runs["C"].to_numpy(float), "loss": y},
+            coords={"run": runs["run_id"].astype(str).to_numpy()},
+            dims={k: ["run"] for k in (*run_vars, "log_loss", "N", "D", "C", "loss")},
+        )
+    idata.posterior.attrs[META_KEY] = json.dumps(meta)
+    return idata
+
+
+def run_metadata(runs: pd.DataFrame, config: FitConfig, *, source: str | None, filter: str | None) -> dict[str, Any]:  # noqa: A002
+    """Metadata every posterior file carries: the data's provenance, the options, the versions."""
+    meta: dict[str, Any] = {
+        "law": config.law,
+        "n_obs": int(len(runs)),
+        "source": source if source is not None else runs.attrs.get("source", "<DataFrame>"),
+        "filter": filter if filter is not None else runs.attrs.get("filter"),
+        "groups": sorted(map(str, runs["group"].unique())) if "group" in runs else ["all"],
+        "config": {k: (list(map(list, v)) if k == "priors" else (list(v) if isinstance(v, tuple) else v))
+                   for k, v in asdict(config).items()},
+        "compute": "C = 6ND (N non-embedding parameters, D tokens) unless the table gives C",
+        "versions": {
+            "bayescale": __version__, "numpyro": numpyro.__version__, "jax": jax.__version__,
+            "arviz": az.__version__, "python": sys.version.split()[0],
+        },
+    }
+    if "corpus_tokens" in runs and runs["corpus_tokens"].notna().any():
+        meta["corpus_tokens"] = float(runs["corpus_tokens"].max())
+    return meta
+
+
+def law_metadata(f: LawFit) -> dict[str, Any]:
+    """What the metadata records of one fitted law."""
+    return {"anchors": asdict(f.anchors), "priors": f.priors, "seconds_sampling": f.seconds,
+            "chain_method": f.chain_method}
+
+
 def fit(
     runs: pd.DataFrame,
     config: FitConfig | None = None,
@@ -93,14 +197,14 @@ def fit(
     source: str | None = None,
     filter: str | None = None,  # noqa: A002
 ) -> az.InferenceData:
-    """Fit ``config.law`` to ``runs`` (columns N, D, loss) by NUTS.
+    """Fit the law family, averaged (the default), or one law (``config.law``), by NUTS.
 
     Parameters
     ----------
     runs
         A validated table, as returned by :func:`bayescale.load_runs`.
     config
-        Sampler and model options; defaults to :class:`FitConfig()`.
+        Model and sampler options; defaults to :class:`FitConfig()` (the averaged family).
     quiet
         No progress or diagnostics on stderr.
     source, filter
@@ -110,7 +214,7 @@ def fit(
     Returns
     -------
     arviz.InferenceData
-        Posterior, diagnostics and metadata; see the module docstring.
+        Posterior, diagnostics and metadata; see :mod:`bayescale.store` for the layout.
 
     Examples
     --------
@@ -119,66 +223,27 @@ def fit(
     >>> idata = bs.fit(runs, bs.FitConfig(law="chinchilla"))  # doctest: +SKIP
     """
     cfg = config or FitConfig()
-    N = runs["N"].to_numpy(float)
-    D = runs["D"].to_numpy(float)
-    y = runs["loss"].to_numpy(float)
-    if len(y) < 6:
-        raise InputError(f"{len(y)} runs are too few to fit a 5-parameter law; expected at least 6")
-    anchors = Anchors.from_data(N, D, y)
-    priors = resolve_priors(cfg.law, anchors, dict(cfg.priors))
-    key_mcmc, key_prior = jax.random.split(jax.random.PRNGKey(cfg.seed))
-    _log(f"fitting the {cfg.law} law to {len(y)} runs: {cfg.chains} chains x "
-         f"({cfg.warmup} warm-up + {cfg.draws} draws), NUTS", quiet)
-    t0 = time.perf_counter()
-    draws = sample_law(cfg.law, np.log(N), np.log(D), np.log(y), anchors=anchors, priors=priors, config=cfg,
-                       rng_key=key_mcmc)
-    seconds_sampling = time.perf_counter() - t0
-    samples, extra = draws.samples, {"diverging": draws.diverging, "num_steps": draws.num_steps}
-    chain_method = draws.chain_method
-    prior = prior_draws(cfg.law, anchors, priors, cfg.prior_draws, key_prior)
-    loglik = pointwise_log_lik(cfg.law, samples, np.log(N), np.log(D), np.log(y), anchors=anchors,
-                               likelihood=cfg.likelihood, nu=cfg.nu)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # arviz notes about missing dims
-        idata = az.from_dict(
-            posterior=samples,
-            sample_stats={
-                "diverging": extra["diverging"],
-                "n_steps": extra["num_steps"],  # arviz's name for numpyro's num_steps
-                "tree_depth": np.log2(extra["num_steps"]).astype(int) + 1,
-            },
-            log_likelihood={"log_loss": loglik},
-            prior={k: v[None] for k, v in prior.items()},
-            observed_data={"log_loss": np.log(y)},
-            constant_data={"N": N, "D": D, "C": runs["C"].to_numpy(float), "loss": y},
-            coords={"run": runs["run_id"].astype(str).to_numpy()},
-            dims={k: ["run"] for k in ("log_loss", "N", "D", "C", "loss")},
-        )
-    meta = {
-        "law": cfg.law,
-        "n_obs": int(len(y)),
-        "source": source if source is not None else runs.attrs.get("source", "<DataFrame>"),
-        "filter": filter if filter is not None else runs.attrs.get("filter"),
-        "groups": sorted(map(str, runs["group"].unique())) if "group" in runs else ["all"],
-        "anchors": asdict(anchors),
-        "priors": priors,
-        "config": {k: (list(map(list, v)) if k == "priors" else v) for k, v in asdict(cfg).items()},
-        "compute": "C = 6ND (N non-embedding parameters, D tokens)",
-        "seconds_sampling": seconds_sampling,
-        "chain_method": chain_method,
-        "versions": {
-            "bayescale": __version__, "numpyro": numpyro.__version__, "jax": jax.__version__,
-            "arviz": az.__version__, "python": sys.version.split()[0],
-        },
-    }
-    idata.posterior.attrs[META_KEY] = json.dumps(meta)
+    if len(runs) < MIN_RUNS:
+        raise InputError(f"{len(runs)} runs are too few to fit a 5-parameter law; expected at least {MIN_RUNS}")
+    if cfg.law == AVERAGED:
+        from .averaging import fit_family
+
+        return fit_family(runs, cfg, quiet=quiet, source=source, filter=filter)
+    f = fit_law(runs, cfg.law, cfg, jax.random.PRNGKey(cfg.seed), quiet=quiet)
+    meta = {**run_metadata(runs, cfg, source=source, filter=filter), **law_metadata(f)}
+    idata = build_idata(runs, f.groups(), meta)
+    report_diagnostics(idata, f.seconds, quiet)
+    return idata
+
+
+def report_diagnostics(idata: az.InferenceData, seconds: float, quiet: bool) -> None:
+    """Say on stderr how sampling went, with the diagnostics' advice."""
     diag = diagnostics(idata)
-    _log(f"sampled in {seconds_sampling:.1f} s; max R-hat {diag['max_r_hat']:.4f}, "
+    _log(f"sampled in {seconds:.1f} s; max R-hat {diag['max_r_hat']:.4f}, "
          f"min bulk ESS {diag['min_ess_bulk']:.0f}, min tail ESS {diag['min_ess_tail']:.0f}, "
          f"{diag['divergences']} divergences, max tree depth {diag['max_tree_depth']}", quiet)
     for w in diag["warnings"]:
         _log(f"warning: {w}", quiet)
-    return idata
 
 
 def sample_law(
@@ -192,6 +257,7 @@ def sample_law(
     config: FitConfig,
     rng_key: Any,
     mask: np.ndarray | None = None,
+    warm_start: WarmStart | None = None,
 ) -> Draws:
     """NUTS draws of ``law`` given runs (natural logs), with the compiled sampler of their size.
 
@@ -209,7 +275,7 @@ def sample_law(
     # padding sits at the pivots with log loss 0: finite, and masked out of the likelihood
     args = (pad(log_N, size, anchors.log_N0), pad(log_D, size, anchors.log_D0), pad(log_loss, size, 0.0),
             np.concatenate([m, np.zeros(size - n, bool)]))
-    return compiled(key).run(rng_key, *args, (anchors.log_N0, anchors.log_D0), values)
+    return compiled(key).run(rng_key, *args, (anchors.log_N0, anchors.log_D0), values, warm_start)
 
 
 def pointwise_log_lik(
@@ -256,17 +322,52 @@ def _prior_draws(key: jax.Array, values: dict, pivots: jax.Array, *, law: str, f
     return {**th, **{k: v for k, v in natural_params(law, th, pivots).items() if k not in th}}
 
 
-def metadata(idata: az.InferenceData) -> dict[str, Any]:
-    """The bayescale metadata stored with a posterior."""
-    try:
-        return json.loads(idata.posterior.attrs[META_KEY])
-    except (KeyError, AttributeError, json.JSONDecodeError):
-        raise InputError("not a bayescale posterior (no 'bayescale' metadata in the posterior group); "
-                         "expected a file written by `bayescale fit`") from None
-
-
 def diagnostics(idata: az.InferenceData) -> dict[str, Any]:
-    """R-hat, bulk and tail ESS, divergences and tree depth, with warnings and advice."""
+    """R-hat, bulk and tail ESS, divergences and tree depth, with warnings and advice.
+
+    For an averaged posterior the figures are the worst over the laws (divergences summed), and
+    ``per_law`` gives each law's own.
+    """
+    if metadata(idata)["law"] != AVERAGED:
+        return _law_diagnostics(idata)
+    per_law = {law: _law_diagnostics(law_view(idata, law)) for law in laws_of(idata)}
+    out = {
+        "max_r_hat": max(d["max_r_hat"] for d in per_law.values()),
+        "min_ess_bulk": min(d["min_ess_bulk"] for d in per_law.values()),
+        "min_ess_tail": min(d["min_ess_tail"] for d in per_law.values()),
+        "divergences": sum(d["divergences"] for d in per_law.values()),
+        "draws": sum(d["draws"] for d in per_law.values()),
+        "max_tree_depth": max(d["max_tree_depth"] for d in per_law.values()),
+        "mean_leapfrog_steps": float(np.mean([d["mean_leapfrog_steps"] for d in per_law.values()])),
+        "per_param": {f"{law}.{k}": v for law, d in per_law.items() for k, v in d["per_param"].items()},
+        "warnings": [f"{law} law: {w}" for law, d in per_law.items() for w in d["warnings"]],
+        "per_law": {law: {k: v for k, v in d.items() if k != "per_param"} for law, d in per_law.items()},
+    }
+    return out
+
+
+#: a posterior worse than this is refused by the commands that use it (unless --allow-unconverged)
+REFUSE_R_HAT = 1.05
+REFUSE_DIVERGENT_SHARE = 0.01
+
+
+def convergence_problem(diag: dict[str, Any]) -> str | None:
+    """Why a posterior with these diagnostics should not be used, or None if it may be.
+
+    Refused: max R-hat above :data:`REFUSE_R_HAT` (chains disagree: the draws are not from one
+    posterior) or divergent transitions in more than :data:`REFUSE_DIVERGENT_SHARE` of the draws
+    (the sampler missed part of it). An undefined R-hat (one chain) is not refused, only warned.
+    """
+    problems = []
+    if np.isfinite(diag["max_r_hat"]) and diag["max_r_hat"] > REFUSE_R_HAT:
+        problems.append(f"max R-hat {diag['max_r_hat']:.3f} > {REFUSE_R_HAT}")
+    if diag["divergences"] > REFUSE_DIVERGENT_SHARE * diag["draws"]:
+        problems.append(f"{diag['divergences']} divergent transitions in {diag['draws']} draws "
+                        f"(> {REFUSE_DIVERGENT_SHARE:.0%})")
+    return "; ".join(problems) or None
+
+
+def _law_diagnostics(idata: az.InferenceData) -> dict[str, Any]:
     law = metadata(idata)["law"]
     names = list(SAMPLED_SITES[law])
     n_chains = idata.posterior.sizes["chain"]
@@ -287,6 +388,7 @@ def diagnostics(idata: az.InferenceData) -> dict[str, Any]:
         "min_ess_bulk": min(v["ess_bulk"] for v in per.values()),
         "min_ess_tail": min(v["ess_tail"] for v in per.values()),
         "divergences": div,
+        "draws": int(ss["diverging"].size) if "diverging" in ss else int(np.size(steps)),
         "max_tree_depth": depth,
         "mean_leapfrog_steps": float(np.mean(steps)),
         "per_param": per,
@@ -309,43 +411,6 @@ def diagnostics(idata: az.InferenceData) -> dict[str, Any]:
         w.append(f"some transitions hit the maximum tree depth {depth}: sampling is inefficient; "
                  "the posterior is likely poorly identified by these data")
     return out
-
-
-def save_posterior(idata: az.InferenceData, path: str | os.PathLike[str]) -> Path:
-    """Write the posterior to NetCDF atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        idata.to_netcdf(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def load_posterior(path: str | os.PathLike[str]) -> az.InferenceData:
-    """Open a posterior written by :func:`save_posterior`; refuse anything else clearly."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError("no such file; expected a posterior written by `bayescale fit`", file=str(p))
-    if p.is_dir():
-        raise InputError("is a directory; expected a .nc posterior written by `bayescale fit`", file=str(p))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            idata = az.from_netcdf(str(p))
-    except Exception as e:  # netCDF4/h5py raise many types for a non-NetCDF file
-        raise InputError(f"could not read as NetCDF ({type(e).__name__}); expected a .nc posterior "
-                         "written by `bayescale fit`", file=str(p)) from None
-    if "posterior" not in idata.groups():
-        raise InputError("has no posterior group; expected a file written by `bayescale fit`", file=str(p))
-    try:
-        metadata(idata)
-    except InputError as e:
-        raise InputError(e.detail, file=str(p)) from None
-    return idata
 
 
 def reported_params(law: str) -> tuple[str, ...]:

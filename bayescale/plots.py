@@ -84,7 +84,7 @@ def _figure(
 
 
 def _meta(idata: Any) -> dict[str, Any]:
-    from .inference import metadata
+    from .store import metadata
 
     return metadata(idata)
 
@@ -93,7 +93,23 @@ def _title(idata: Any, what: str) -> str:
     m = _meta(idata)
     src = os.path.basename(str(m.get("source", "")).rstrip("/\\")) or str(m.get("source"))
     filt = f", {m['filter']}" if m.get("filter") else ""
-    return f"{what}: {m['law']} law, {m['n_obs']} runs from {src}{filt}"
+    return f"{what}: {_model_label(m)}, {m['n_obs']} runs from {src}{filt}"
+
+
+def _model_label(m: dict[str, Any]) -> str:
+    """``"chinchilla law"``, or ``"3 laws averaged"`` (the laws figure and the report give the weights)."""
+    from .store import AVERAGED
+
+    return f"{len(m['laws'])} laws averaged" if m["law"] == AVERAGED else f"{m['law']} law"
+
+
+def _one_law(idata: Any, law: str | None) -> Any:
+    """``idata`` itself for a one-law fit; for an averaged one, the view of ``law`` (default: the
+    law of highest weight)."""
+    from .store import law_view, weights_of
+
+    w = weights_of(idata)
+    return law_view(idata, law if law is not None else max(w, key=w.get))
 
 
 def _observed(idata: Any) -> dict[str, np.ndarray]:
@@ -583,7 +599,8 @@ LOG_SCALE_PARAMS = ("A", "B", "N_c", "D_c")
 
 
 def plot_pairs(
-    idata: Any, *, var_names: Sequence[str] | None = None, max_points: int = 1500, seed: int = 0
+    idata: Any, *, var_names: Sequence[str] | None = None, max_points: int = 1500, seed: int = 0,
+    law: str | None = None,
 ) -> Figure:
     """Posterior pairs of the law's parameters, with prior draws behind them.
 
@@ -600,12 +617,15 @@ def plot_pairs(
         Draws per scatter (subsampled for legibility).
     seed
         Seed of the subsampling.
+    law
+        For an averaged posterior, the law to show (default: the one of highest weight).
 
     Returns
     -------
     matplotlib.figure.Figure
         A lower-triangular grid: histograms on the diagonal, scatters below.
     """
+    idata = _one_law(idata, law)
     names = list(var_names) if var_names is not None else _law_params(idata)
     post = idata.posterior
     missing = [n for n in names if n not in post]
@@ -705,7 +725,7 @@ def plot_pairs(
     return fig
 
 
-def plot_trace(idata: Any, *, var_names: Sequence[str] | None = None) -> Figure:
+def plot_trace(idata: Any, *, var_names: Sequence[str] | None = None, law: str | None = None) -> Figure:
     """Per-chain densities and rank histograms (ArviZ ``plot_trace(kind="rank_bars")``).
 
     Uniform rank bars in every chain mean the chains agree; a chain piling up at one end
@@ -717,6 +737,8 @@ def plot_trace(idata: Any, *, var_names: Sequence[str] | None = None) -> Figure:
         A posterior from :func:`bayescale.fit`.
     var_names
         Parameters to show; default the law's natural parameters and ``sigma``.
+    law
+        For an averaged posterior, the law to show (default: the one of highest weight).
 
     Returns
     -------
@@ -725,6 +747,7 @@ def plot_trace(idata: Any, *, var_names: Sequence[str] | None = None) -> Figure:
     """
     from ._arviz import az
 
+    idata = _one_law(idata, law)
     names = list(var_names) if var_names is not None else [*_law_params(idata), "sigma"]
     k = len(names)
     fig, axes = _figure(k, 2, width=10.0, height=1.7 * k + 0.8)
@@ -835,8 +858,59 @@ def plot_ppc(idata: Any, *, seed: int = 0) -> Figure:
 # --------------------------------------------------------------------------------------------
 # all at once
 
+def plot_laws(idata: Any, *, extrapolate_decades: float = 2.0, n_budgets: int = 60) -> Figure:
+    """An averaged posterior's laws side by side: each law's frontier ``L*(C)`` and ``N*(C)`` with
+    its 90% band, and the weighted mixture (what the other figures and commands use) over them.
+
+    Where the laws' bands part, the choice of law is the uncertainty; the mixture's band (with
+    the model discrepancy) spans what the weights and the forward validation allow.
+    """
+    from .posterior import optimal_draws
+    from .store import is_averaged, law_view, laws_of, weights_of
+
+    if not is_averaged(idata):
+        raise InputError("this posterior holds one law; the laws figure needs an averaged fit "
+                         "(`bayescale fit` without --law)", field="MODEL")
+    obs = _observed(idata)
+    c_max = obs["C"].max()
+    grid = _logspace(obs["C"].min() / 3, c_max * 10**extrapolate_decades, n_budgets)
+    colors = [OKABE_ITO[c] for c in ("vermillion", "green", "orange", "purple", "sky")]
+    w = weights_of(idata)
+    fig, axes = _figure(1, 2, width=12.0, height=4.8, sharex=True)
+    for i, law in enumerate(laws_of(idata)):
+        dr = optimal_draws(law_view(idata, law), grid)
+        for ax, key in zip(axes[0], ("loss", "N_opt"), strict=True):
+            _bands(ax, grid, dr[key], color=colors[i % len(colors)], label=f"{law} law (weight {w[law]:.2f})",
+                   inner=False, alpha=0.15, lw=1.4, band_label=False)
+    mix = optimal_draws(idata, grid)
+    for ax, key in zip(axes[0], ("loss", "N_opt"), strict=True):
+        _bands(ax, grid, mix[key], color="black", label="weighted mixture, with discrepancy", inner=False,
+               alpha=0.0, lw=2.0, band_label=False)
+        q = _quantiles(mix[key])
+        for b in ("q05", "q95"):
+            ax.plot(grid, q[b], color="black", lw=1.0, ls="--", gid="mixture90")
+        ax.plot([], [], color="black", lw=1.0, ls="--", label="mixture 90% band")
+        ax.axvline(c_max, color="0.35", ls=":", lw=1.0, label="largest observed budget")
+        ax.set_xscale("log")
+        ax.set_xlabel(LABEL_C)
+        ax.grid(True, which="major", alpha=0.3)
+    _loss_axis(axes[0, 0])
+    axes[0, 0].set_ylabel("L*(C), " + LABEL_LOSS)
+    axes[0, 0].set_title("compute-optimal loss", fontsize=10)
+    axes[0, 1].set_yscale("log")
+    axes[0, 1].set_ylabel("N*, optimal parameters")
+    axes[0, 1].set_title("compute-optimal model size", fontsize=10)
+    axes[0, 1].legend(fontsize=8, loc="upper left")
+    fig.suptitle(_title(idata, "The laws and their mixture"), fontsize=11)
+    return fig
+
+
+#: figures drawn once per law for an averaged posterior (they show one law's parameters)
+PER_LAW = ("pairs", "trace")
+
 FIGURES: dict[str, Callable[..., Figure]] = {
     "frontier": plot_frontier,
+    "laws": plot_laws,
     "isoflops": plot_isoflops,
     "allocation": plot_allocation,
     "slices": plot_slices,
@@ -847,10 +921,26 @@ FIGURES: dict[str, Callable[..., Figure]] = {
 FORMATS = ("png", "svg", "pdf")
 
 
+def figure_jobs(idata: Any) -> list[tuple[str, Callable[[], Figure]]]:
+    """The figures of :data:`FIGURES` that apply to ``idata``, as ``(name, draw)``: an averaged
+    posterior gets ``laws`` and one ``pairs-LAW`` and ``trace-LAW`` per law; a one-law posterior
+    gets no ``laws``."""
+    from .store import is_averaged, laws_of
+
+    averaged = is_averaged(idata)
+    jobs: list[tuple[str, Callable[[], Figure]]] = []
+    for name, func in FIGURES.items():
+        if averaged and name in PER_LAW:
+            jobs += [(f"{name}-{law}", lambda f=func, law=law: f(idata, law=law)) for law in laws_of(idata)]
+        elif name != "laws" or averaged:
+            jobs.append((name, lambda f=func: f(idata)))
+    return jobs
+
+
 def plot_all(
     idata: Any, out_dir: str | os.PathLike[str], fmt: str = "png", *, dpi: int = 110
 ) -> list[Path]:
-    """Write every figure of :data:`FIGURES` to ``out_dir/<name>.<fmt>``.
+    """Write every figure that applies (:func:`figure_jobs`) to ``out_dir/<name>.<fmt>``.
 
     Parameters
     ----------
@@ -875,9 +965,8 @@ def plot_all(
         raise InputError("exists and is not a directory", file=str(out), field="--out")
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, func in FIGURES.items():
-        fig = func(idata)
+    for name, make in figure_jobs(idata):
         path = out / f"{name}.{fmt}"
-        fig.savefig(path, dpi=dpi)
+        make().savefig(path, dpi=dpi)
         paths.append(path)
     return paths

@@ -1,14 +1,20 @@
 """Posterior quantities derived from a fit: compute-optimal N*, D*, L*(C), and predictions.
 
-Everything here works from an InferenceData written by :func:`bayescale.fit` alone: the law
-and its options are read from the stored metadata. Intervals are equal-tailed: ``q05``,
-``q50``, ``q95``, with ``mean`` and ``sd``.
+Everything here works from an InferenceData written by :func:`bayescale.fit` alone. For an
+averaged fit every quantity is drawn from the weighted mixture of the laws (law ``m`` supplies
+``weight_m`` of the draws), and losses carry the model discrepancy: each mixture draw adds
+``rate * d * z`` to the log loss, with ``rate`` a draw of the fitted discrepancy rate, ``d`` the
+point's distance beyond the runs in decades (:func:`bayescale.averaging.extrapolation_distance`)
+and ``z`` standard normal. Intervals are equal-tailed: ``q05``, ``q50``, ``q95``, with ``mean``
+and ``sd``. Every ``optimal`` and ``predict`` row says how far beyond the runs it is
+(``extrapolation``).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import jax.numpy as jnp
@@ -16,11 +22,13 @@ import numpy as np
 
 from . import _jax  # noqa: F401
 from ._arviz import az
+from .averaging import DataRange, extrapolation_distance, mixture_counts
 from .errors import InputError
-from .inference import metadata
 from .laws import EXPONENTS, PARAM_NAMES, broadcast_draws, compute_optimal, loss
+from .store import AVERAGED, law_view, laws_of, metadata, weights_of
 
 QUANTILES = (0.05, 0.5, 0.95)
+FLOP_PER_PARAM_TOKEN = 6.0
 
 
 def summarize(x: Any) -> dict[str, float]:
@@ -31,28 +39,132 @@ def summarize(x: Any) -> dict[str, float]:
             "q05": float(q[0]), "q50": float(q[1]), "q95": float(q[2])}
 
 
-def param_draws(idata: az.InferenceData, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-    """Posterior draws of the law's natural parameters (and sigma), flattened over chains."""
+# --------------------------------------------------------------------------------------------
+# the mixture of laws
+
+
+@dataclass
+class Mixture:
+    """How a posterior's draws combine: which draws of which law, and the discrepancy rate."""
+
+    parts: list[tuple[str, Any, np.ndarray]]  # (law, one-law view, indices of its flattened draws)
+    rate: np.ndarray | None  # discrepancy rate per mixture draw (None: a one-law fit, no discrepancy)
+    data: DataRange  # what the runs covered
+    C_max: float
+    corpus_tokens: float | None
+
+    @property
+    def size(self) -> int:
+        """Number of mixture draws."""
+        return sum(len(idx) for _, _, idx in self.parts)
+
+
+def mixture(idata: az.InferenceData) -> Mixture:
+    """The draws that make up ``idata``'s posterior: for an averaged fit, ``round(weight * S)``
+    draws of each law (evenly spaced over its chains; ``S`` draws per law), for one law all."""
+    meta = metadata(idata)
+    cd = idata.constant_data
+    N, D, C = (np.asarray(cd[k].values, float) for k in ("N", "D", "C"))
+    data = DataRange.of(N, D, C)
+    corpus = meta.get("corpus_tokens")
+    if meta["law"] != AVERAGED:
+        S = idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]
+        return Mixture([(meta["law"], idata, np.arange(S))], None, data, float(C.max()), corpus)
+    laws = laws_of(idata)
+    w = weights_of(idata)
+    S = idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]
+    counts = mixture_counts([w[law] for law in laws], S)
+    parts = [(law, law_view(idata, law), np.linspace(0, S - 1, n).round().astype(int))
+             for law, n in zip(laws, counts, strict=True) if n > 0]
+    rate = np.asarray(idata.posterior["discrepancy_rate"].values, float).reshape(-1)
+    return Mixture(parts, rate, data, float(C.max()), corpus)
+
+
+def param_draws(idata: az.InferenceData, names: Sequence[str] | None = None, *, law: str | None = None
+                ) -> dict[str, np.ndarray]:
+    """Posterior draws of a law's natural parameters (and sigma), flattened over chains.
+
+    An averaged posterior holds several laws with different parameters: name one with ``law``.
+    """
+    meta = metadata(idata)
+    if meta["law"] == AVERAGED:
+        if law is None:
+            raise InputError(f"this posterior averages {', '.join(laws_of(idata))}: name the law whose "
+                             "parameters you want (law=...)", field="law")
+        idata = law_view(idata, law)
+    elif law is not None and law != meta["law"]:
+        raise InputError(f"this posterior holds the {meta['law']} law, not {law!r}", field="law")
     law = metadata(idata)["law"]
     names = list(names) if names is not None else [*PARAM_NAMES[law], "sigma"]
     post = idata.posterior
     return {n: np.asarray(post[n].values, dtype=float).reshape(-1) for n in names}
 
 
+def _law_params(view: Any, law: str, idx: np.ndarray) -> dict[str, np.ndarray]:
+    return {k: v[idx] for k, v in param_draws(view, PARAM_NAMES[law]).items()}
+
+
 def exponents(idata: az.InferenceData) -> dict[str, np.ndarray]:
-    """Draws of ``a`` and ``b`` with ``N* ∝ C^a`` and ``D* ∝ C^b``."""
-    law = metadata(idata)["law"]
-    a, b = EXPONENTS[law](param_draws(idata, PARAM_NAMES[law]))
-    return {"a": np.asarray(a), "b": np.asarray(b)}
+    """Draws of ``a`` and ``b`` with ``N* ∝ C^a`` and ``D* ∝ C^b`` (the mixture's, if averaged)."""
+    a, b = [], []
+    for law, view, idx in mixture(idata).parts:
+        aa, bb = EXPONENTS[law](_law_params(view, law, idx))
+        a.append(np.broadcast_to(np.asarray(aa, float), idx.shape))
+        b.append(np.broadcast_to(np.asarray(bb, float), idx.shape))
+    return {"a": np.concatenate(a), "b": np.concatenate(b)}
 
 
-def optimal_draws(idata: az.InferenceData, compute: float | Iterable[float]) -> dict[str, np.ndarray]:
-    """Draws of ``N_opt, D_opt, loss, tokens_per_param``, shape ``(draws, budgets)``."""
-    law = metadata(idata)["law"]
+def _discrepancy(mix: Mixture, d: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Draws of the discrepancy on log loss, ``(draws, points)``, at distances ``d``: one per point
+    ``(points,)``, or per draw and point ``(draws, points)``."""
+    shape = (mix.size, np.shape(d)[-1])
+    if mix.rate is None:
+        return np.zeros(shape)
+    return mix.rate[: mix.size, None] * d * rng.standard_normal(shape)
+
+
+def optimal_draws(idata: az.InferenceData, compute: float | Iterable[float], *, seed: int = 0
+                  ) -> dict[str, np.ndarray]:
+    """Draws of ``N_opt, D_opt, loss, tokens_per_param``, shape ``(draws, budgets)``.
+
+    ``loss`` is the law's loss at the optimum, with the model discrepancy at the optimum's
+    distance beyond the runs (averaged fits), without observation noise.
+    """
     C = _positive_array(compute, "--compute")
-    p = broadcast_draws(param_draws(idata, PARAM_NAMES[law]))
-    out = compute_optimal(law, p, jnp.asarray(C)[None, :])
-    return {k: np.asarray(v) for k, v in out.items()}
+    mix = mixture(idata)
+    parts: dict[str, list[np.ndarray]] = {"N_opt": [], "D_opt": [], "loss": []}
+    for law, view, idx in mix.parts:
+        out = compute_optimal(law, broadcast_draws(_law_params(view, law, idx)), jnp.asarray(C)[None, :])
+        for k in parts:
+            parts[k].append(np.asarray(out[k]))
+    dr = {k: np.concatenate(v) for k, v in parts.items()}
+    d = extrapolation_distance(dr["N_opt"], dr["D_opt"], mix.data, np.broadcast_to(C, dr["N_opt"].shape))
+    dr["loss"] = dr["loss"] * np.exp(_discrepancy(mix, d, np.random.default_rng(seed)))
+    dr["tokens_per_param"] = dr["D_opt"] / dr["N_opt"]
+    dr["distance"] = d
+    return dr
+
+
+def _extrapolation(mix: Mixture, C: float, N: np.ndarray, D: np.ndarray, d: np.ndarray) -> dict[str, Any]:
+    """How far beyond the runs a row is (``N``, ``D``: one value, or the draws of an optimum)."""
+    lo_n, hi_n = (10.0**x for x in mix.data.log10_N)
+    lo_d, hi_d = (10.0**x for x in mix.data.log10_D)
+    n_out = (N < lo_n) | (N > hi_n)
+    d_out = (D < lo_d) | (D > hi_d)
+    out: dict[str, Any] = {
+        "compute_ratio": float(C / mix.C_max),
+        "distance_decades": float(np.median(d)),
+        "N_outside": bool(np.median(N) < lo_n or np.median(N) > hi_n),
+        "D_outside": bool(np.median(D) < lo_d or np.median(D) > hi_d),
+    }
+    if np.size(N) > 1:  # draws of an optimum: how sure is it that the optimum is outside
+        out["N_outside_share"] = float(np.mean(n_out))
+        out["D_outside_share"] = float(np.mean(d_out))
+    corpus = mix.corpus_tokens
+    out["beyond_corpus"] = None if corpus is None else bool(np.median(D) > corpus)
+    out["extrapolating"] = bool(out["compute_ratio"] > 1 or out["N_outside"] or out["D_outside"]
+                                or out["beyond_corpus"])
+    return out
 
 
 def optimal(idata: az.InferenceData, compute: float | Iterable[float]) -> list[dict[str, Any]]:
@@ -68,17 +180,23 @@ def optimal(idata: az.InferenceData, compute: float | Iterable[float]) -> list[d
     Returns
     -------
     list of dict
-        One entry per budget: ``compute`` and summaries of ``N_opt``, ``D_opt``, ``loss``
-        (the loss reached at the optimum, without observation noise) and
-        ``tokens_per_param``.
+        One entry per budget: ``compute``, summaries of ``N_opt``, ``D_opt``, ``loss`` (the loss
+        reached at the optimum, without observation noise) and ``tokens_per_param``, and
+        ``extrapolation``: ``compute_ratio`` (C / largest observed C), ``distance_decades``,
+        whether the median ``N_opt`` / ``D_opt`` fall outside the observed N / D range (and the
+        posterior share of draws that do), ``beyond_corpus`` (D* above the training corpus,
+        where the runs record it; else null) and ``extrapolating`` (any of these).
     """
     C = _positive_array(compute, "--compute")
     dr = optimal_draws(idata, C)
-    return [
-        {"compute": float(c), **{k: summarize(dr[k][:, j])
-                                 for k in ("N_opt", "D_opt", "loss", "tokens_per_param")}}
-        for j, c in enumerate(C)
-    ]
+    mix = mixture(idata)
+    rows = []
+    for j, c in enumerate(C):
+        row: dict[str, Any] = {"compute": float(c)}
+        row.update({k: summarize(dr[k][:, j]) for k in ("N_opt", "D_opt", "loss", "tokens_per_param")})
+        row["extrapolation"] = _extrapolation(mix, float(c), dr["N_opt"][:, j], dr["D_opt"][:, j], dr["distance"][:, j])
+        rows.append(row)
+    return rows
 
 
 def predict_draws(
@@ -86,6 +204,7 @@ def predict_draws(
     N: Any,
     D: Any,
     *,
+    C: Any = None,
     noise: bool = True,
     seed: int = 0,
 ) -> np.ndarray:
@@ -93,26 +212,26 @@ def predict_draws(
 
     With ``noise=True`` each draw adds the fitted observation noise (Student-t or Gaussian on
     log loss), so the interval is where a new run's measured loss should fall; with
-    ``noise=False`` it is the interval of the law's mean.
+    ``noise=False`` it is the interval of the law's mean. Averaged fits add the model
+    discrepancy at each point's distance beyond the runs either way. ``C`` is each point's
+    compute as a table records it (``6ND`` when not given), used for that distance.
     """
-    meta = metadata(idata)
-    law = meta["law"]
-    N = _positive_array(N, "--N")
-    D = _positive_array(D, "--D")
-    if N.shape != D.shape:
-        raise InputError(f"N and D must pair up; got {N.size} N values and {D.size} D values", field="--D")
-    p = param_draws(idata, PARAM_NAMES[law])
-    mu = np.asarray(loss(law, broadcast_draws(p), N[None, :], D[None, :]))
-    if not noise:
-        return mu
-    sigma = param_draws(idata, ["sigma"])["sigma"][:, None]
+    N, D = _paired(N, D)
+    Cs = None if C is None else _positive_array(C, "C")
+    mix = mixture(idata)
     rng = np.random.default_rng(seed)
-    cfg = meta["config"]
-    if cfg["likelihood"] == "student_t":
-        eps = rng.standard_t(cfg["nu"], size=mu.shape)
-    else:
-        eps = rng.standard_normal(size=mu.shape)
-    return mu * np.exp(sigma * eps)
+    cfg = metadata(idata)["config"]
+    logs = []
+    for law, view, idx in mix.parts:
+        mu = np.log(np.asarray(loss(law, broadcast_draws(_law_params(view, law, idx)), N[None, :], D[None, :])))
+        if noise:
+            sigma = param_draws(view, ["sigma"])["sigma"][idx][:, None]
+            eps = (rng.standard_t(cfg["nu"], size=mu.shape) if cfg["likelihood"] == "student_t"
+                   else rng.standard_normal(size=mu.shape))
+            mu = mu + sigma * eps
+        logs.append(mu)
+    log_loss = np.concatenate(logs) + _discrepancy(mix, extrapolation_distance(N, D, mix.data, Cs), rng)
+    return np.exp(log_loss)
 
 
 def predict(
@@ -120,22 +239,37 @@ def predict(
     N: Any,
     D: Any,
     *,
+    C: Any = None,
     noise: bool = True,
     seed: int = 0,
-) -> list[dict[str, float]]:
-    """Posterior predictive summaries of the loss at each ``(N, D)`` pair."""
-    N = _positive_array(N, "--N")
-    D = _positive_array(D, "--D")
-    dr = predict_draws(idata, N, D, noise=noise, seed=seed)
-    return [{"N": float(n), "D": float(d), **summarize(dr[:, j])} for j, (n, d) in enumerate(zip(N, D, strict=True))]
+) -> list[dict[str, Any]]:
+    """Posterior predictive summaries of the loss at each ``(N, D)`` pair, with quartiles and the
+    row's ``extrapolation`` (as in :func:`optimal`, for the point itself)."""
+    N, D = _paired(N, D)
+    Cs = 6.0 * N * D if C is None else _positive_array(C, "C")
+    dr = predict_draws(idata, N, D, C=C, noise=noise, seed=seed)
+    mix = mixture(idata)
+    d = extrapolation_distance(N, D, mix.data, Cs)
+    rows = []
+    for j, (n, dd) in enumerate(zip(N, D, strict=True)):
+        q25, q75 = np.quantile(dr[:, j], [0.25, 0.75])
+        rows.append({"N": float(n), "D": float(dd), **summarize(dr[:, j]), "q25": float(q25), "q75": float(q75),
+                     "extrapolation": _extrapolation(mix, float(Cs[j]), np.array(n), np.array(dd), np.array(d[j]))})
+    return rows
 
 
-def param_summary(idata: az.InferenceData) -> dict[str, dict[str, float]]:
-    """Natural parameters with ``mean, sd, q05, q50, q95, r_hat, ess_bulk``.
+def param_summary(idata: az.InferenceData, *, law: str | None = None) -> dict[str, dict[str, float]]:
+    """Natural parameters with ``mean, sd, q05, q50, q95, r_hat, ess_bulk`` (of ``law``, for an
+    averaged posterior).
 
     R-hat and ESS are computed on the natural parameters themselves (they are deterministic
     functions of the sampled ones, so their chains mix as those do).
     """
+    if metadata(idata)["law"] == AVERAGED:
+        if law is None:
+            raise InputError(f"this posterior averages {', '.join(laws_of(idata))}: name the law (law=...)",
+                             field="law")
+        idata = law_view(idata, law)
     law = metadata(idata)["law"]
     names = [*PARAM_NAMES[law], "sigma"]
     with warnings.catch_warnings():
@@ -144,6 +278,14 @@ def param_summary(idata: az.InferenceData) -> dict[str, dict[str, float]]:
     ess = az.ess(idata, var_names=names, method="bulk")
     draws = param_draws(idata, names)
     return {n: {**summarize(draws[n]), "r_hat": float(rhat[n]), "ess_bulk": float(ess[n])} for n in names}
+
+
+def _paired(N: Any, D: Any) -> tuple[np.ndarray, np.ndarray]:
+    N = _positive_array(N, "--N")
+    D = _positive_array(D, "--D")
+    if N.shape != D.shape:
+        raise InputError(f"N and D must pair up; got {N.size} N values and {D.size} D values", field="--D")
+    return N, D
 
 
 def _positive_array(x: Any, field: str) -> np.ndarray:

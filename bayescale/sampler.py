@@ -28,7 +28,7 @@ from numpyro.infer.hmc import hmc
 from numpyro.infer.util import constrain_fn, potential_energy
 
 from . import _jax  # noqa: F401  (float64, host devices, compilation cache)
-from .models import PriorForm, initial_point, law_model
+from .models import SAMPLING_COORDS, PriorForm, initial_point, law_model
 
 MIN_BUCKET = 16
 
@@ -77,6 +77,22 @@ class Draws:
     diverging: np.ndarray
     num_steps: np.ndarray
     chain_method: str
+    adapted: WarmStart  # where each chain ended and what it adapted: a later fit can start there
+
+
+@dataclass
+class WarmStart:
+    """Where chains start and the adaptation they start from, per chain.
+
+    A refit of a similar posterior (the same law on a subset of the runs, or on a few more runs)
+    started from the last fit's positions, mass matrix and step size skips the expensive first
+    iterations of warm-up, when the step size is still far off and trajectories hit the tree
+    depth cap; the warm-up that follows still adapts both to the new posterior.
+    """
+
+    position: np.ndarray  # (chains, k), sampling coordinates
+    inverse_mass_matrix: np.ndarray  # (chains, k, k)
+    step_size: np.ndarray  # (chains,)
 
 
 class CompiledNUTS:
@@ -90,28 +106,32 @@ class CompiledNUTS:
         init_kernel, sample_kernel = hmc(potential_fn_gen=lambda *a: partial(potential_energy, model, a, {}),
                                          algo="NUTS")
 
-        def one_chain(rng: jax.Array, args: tuple) -> tuple:
+        def one_chain(rng: jax.Array, args: tuple, start: tuple) -> tuple:
+            given, u0, inv_mass, step = start
             rng_init, rng_nuts = jax.random.split(rng)
-            z0 = {"u": initial_point(key.law, forms, args[-1], rng_init)}
-            state = init_kernel(z0, key.warmup, dense_mass=key.dense_mass, target_accept_prob=key.target_accept,
+            z0 = {"u": jnp.where(given, u0, initial_point(key.law, forms, args[-1], rng_init))}
+            state = init_kernel(z0, key.warmup, step_size=step, inverse_mass_matrix=inv_mass,
+                                dense_mass=key.dense_mass, target_accept_prob=key.target_accept,
                                 max_tree_depth=key.max_tree_depth, model_args=args, rng_key=rng_nuts)
 
-            def step(s: Any, _: Any) -> tuple:
+            def step_fn(s: Any, _: Any) -> tuple:
                 s = sample_kernel(s, model_args=args)
                 return s, (s.z, s.diverging, s.num_steps)
 
             # one loop over warm-up and sampling (the kernel adapts while its counter is below
             # num_warmup): NUTS is traced and compiled once, not twice
-            _, (z, div, steps) = jax.lax.scan(step, state, None, length=key.warmup + key.draws)
+            last, (z, div, steps) = jax.lax.scan(step_fn, state, None, length=key.warmup + key.draws)
             z, div, steps = jax.tree.map(lambda x: x[key.warmup:], (z, div, steps))
             post = jax.vmap(lambda zi: constrain_fn(model, args, {}, zi, return_deterministic=True))(z)
             post.pop("u")  # sampling coordinates: the law's own sites are recorded beside them
-            return post, div, steps
+            adapt = last.adapt_state
+            return post, div, steps, (last.z["u"], adapt.inverse_mass_matrix, adapt.step_size)
 
+        self._k = len(SAMPLING_COORDS[key.law])
         if self.method == "parallel":
-            self._run = jax.pmap(one_chain, in_axes=(0, None))
+            self._run = jax.pmap(one_chain, in_axes=(0, None, 0))
         else:
-            self._run = jax.jit(jax.vmap(one_chain, in_axes=(0, None)))
+            self._run = jax.jit(jax.vmap(one_chain, in_axes=(0, None, 0)))
 
     def run(
         self,
@@ -122,12 +142,24 @@ class CompiledNUTS:
         mask: np.ndarray,
         pivots: tuple[float, float],
         prior_values: Mapping[str, np.ndarray],
+        warm_start: WarmStart | None = None,
     ) -> Draws:
-        """Sample the posterior given runs padded to ``key.size`` (``mask`` marks the real ones)."""
+        """Sample the posterior given runs padded to ``key.size`` (``mask`` marks the real ones).
+
+        Chains start at their priors' medians (jittered), with a unit mass matrix and step size 1,
+        unless ``warm_start`` gives where to start.
+        """
         args = (jnp.asarray(log_N), jnp.asarray(log_D), jnp.asarray(log_loss), jnp.asarray(mask),
                 jnp.asarray(pivots, dtype=float), {k: jnp.asarray(v, dtype=float) for k, v in prior_values.items()})
-        post, div, steps = jax.device_get(self._run(jax.random.split(rng_key, self.key.chains), args))
-        return Draws({k: np.asarray(v) for k, v in post.items()}, np.asarray(div), np.asarray(steps), self.method)
+        c, k = self.key.chains, self._k
+        if warm_start is None:
+            start = (np.zeros(c, bool), np.zeros((c, k)), np.broadcast_to(np.eye(k), (c, k, k)), np.ones(c))
+        else:
+            start = (np.ones(c, bool), warm_start.position, warm_start.inverse_mass_matrix, warm_start.step_size)
+        start = tuple(jnp.asarray(x) for x in start)
+        post, div, steps, ends = jax.device_get(self._run(jax.random.split(rng_key, c), args, start))
+        return Draws({k: np.asarray(v) for k, v in post.items()}, np.asarray(div), np.asarray(steps), self.method,
+                     WarmStart(*(np.asarray(x) for x in ends)))
 
 
 _COMPILED: dict[SamplerKey, CompiledNUTS] = {}
