@@ -17,13 +17,14 @@ What this module does, for a table of runs:
    likelihood) where the Pareto k of those weights is below 0.7, and refit exactly where it is not
    (the approximate LFO-CV of Bürkner, Gabry and Vehtari 2020). All refits of a law share the
    sampler compiled for the whole table (the cut is a mask).
-2. **Model discrepancy.** Each law's prediction of log loss gets an extra error
-   ``delta ~ Normal(0, (tau * d)^2)`` where ``d`` is how far the point lies beyond the runs the law
-   was fitted to, in decades (:func:`extrapolation_distance`: the largest excess of log10 N,
-   log10 D or log10 6ND over the fitted range), and ``tau`` is a rate per decade. Inside the data
-   ``d = 0`` and nothing changes. ``tau`` is learned from the forward predictions: its posterior on
-   a grid, from a half-normal prior (scale :data:`RATE_PRIOR_SCALE`) and the forward predictive
-   densities, integrated over the noise by Gauss-Hermite quadrature.
+2. **Model discrepancy.** Each law's prediction of log loss gets an extra error of scale
+   ``tau * d``, where ``d`` is how far the point lies beyond the runs the law was fitted to, in
+   decades (:func:`extrapolation_distance`: the largest excess of log10 N, log10 D or log10 C
+   over the fitted range), and ``tau`` is a rate per decade; it shares the noise's Student-t
+   shape, and the two combine into one Student-t of scale ``sqrt(sigma^2 + (tau d)^2)``. Inside
+   the data ``d = 0`` and nothing changes. ``tau`` is learned from the forward predictions: its
+   posterior on a grid, from a half-normal prior (scale :data:`RATE_PRIOR_SCALE`), shared by the
+   family (see :func:`calibrate`).
 3. **Stacking.** The laws' forward predictive densities (with their discrepancy) are stacked
    (Yao, Vehtari, Simpson and Gelman 2018): the weights maximise the summed log density of the
    mixture at the held-out runs.
@@ -55,8 +56,6 @@ LEVEL_TOLERANCE = 0.05
 RATE_PRIOR_SCALE = 0.05
 #: grid on which the rate's posterior is evaluated (relative error of log loss per decade)
 RATE_GRID = np.concatenate([[0.0], np.geomspace(1e-3, 0.3, 24)])
-#: Gauss-Hermite nodes for integrating the discrepancy out of the noise density
-HERMITE_NODES = 12
 #: PSIS is trusted below this Pareto k (Vehtari et al. 2024); above it the cut is refitted exactly
 PARETO_K_MAX = 0.7
 
@@ -172,9 +171,6 @@ def noise_logpdf(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray, likelihood: s
     return c - np.log(sigma) - (nu + 1) / 2 * np.log1p(z * z / nu)
 
 
-_GH_X, _GH_W = np.polynomial.hermite.hermgauss(HERMITE_NODES)
-
-
 def pointwise_log_density(
     y: np.ndarray,
     mu: np.ndarray,
@@ -185,7 +181,14 @@ def pointwise_log_density(
     nu: float,
     log_weights: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``log p(y_i)`` under posterior draws, with a Gaussian discrepancy of sd ``scale_i`` on log loss.
+    """``log p(y_i)`` under posterior draws, with a discrepancy of scale ``scale_i`` on log loss.
+
+    The discrepancy and the observation noise combine into one Student-t (or Gaussian) of scale
+    ``sqrt(sigma^2 + scale^2)``: a systematic error with the same heavy tails as the noise. (A
+    Gaussian discrepancy convolved with Student-t noise has no closed form, and fixed quadratures
+    of it err by nats in one regime or another: Gauss-Hermite where the discrepancy is several
+    times the noise, as it is beyond the Chinchilla runs; Gauss-Laguerre over the t's mixing
+    variable in the tails.)
 
     Parameters
     ----------
@@ -194,7 +197,7 @@ def pointwise_log_density(
     mu, sigma
         The law's log-mean per draw and point ``(S, n)`` and noise scale per draw ``(S,)``.
     scale
-        Discrepancy sd per point ``(n,)``, or ``(G, n)`` for G discrepancy scales at once
+        Discrepancy scale per point ``(n,)``, or ``(G, n)`` for G discrepancy scales at once
         (the result is then ``(G, n)``).
     log_weights
         Normalised log importance weights of the draws ``(S,)``; uniform when ``None``.
@@ -210,20 +213,24 @@ def pointwise_log_density(
 @partial(jax.jit, static_argnames=("likelihood", "nu"))
 def _log_density(y: jax.Array, mu: jax.Array, sigma: jax.Array, scales: jax.Array, lw: jax.Array, *,
                  likelihood: str, nu: float) -> jax.Array:
-    log_gw = jnp.log(jnp.asarray(_GH_W) / math.sqrt(math.pi))
-
     def one(scale: jax.Array) -> jax.Array:  # (n,) -> (n,)
-        delta = math.sqrt(2.0) * scale[None, :, None] * jnp.asarray(_GH_X)[None, None, :]
-        z = (y[None, :, None] - mu[:, :, None] - delta) / sigma[:, None, None]
+        tot = jnp.sqrt(sigma[:, None] ** 2 + scale[None, :] ** 2)
+        z = (y[None, :] - mu) / tot
         if likelihood == "gaussian":
             lp = -0.5 * z * z - 0.5 * math.log(2 * math.pi)
         else:
             c = float(gammaln((nu + 1) / 2) - gammaln(nu / 2) - 0.5 * math.log(nu * math.pi))
             lp = c - (nu + 1) / 2 * jnp.log1p(z * z / nu)
-        per_draw = jax.scipy.special.logsumexp(lp + log_gw, axis=-1) - jnp.log(sigma)[:, None]
-        return jax.scipy.special.logsumexp(per_draw + lw[:, None], axis=0)
+        return jax.scipy.special.logsumexp(lp - jnp.log(tot) + lw[:, None], axis=0)
 
     return jax.lax.map(one, scales)
+
+
+def discrepancy_draws(scale: np.ndarray, rng: np.random.Generator, *, likelihood: str, nu: float) -> np.ndarray:
+    """Draws of the discrepancy alone (the error of the law's mean) with these scales: Student-t
+    (or Gaussian) like the noise, see :func:`pointwise_log_density`."""
+    z = rng.standard_t(nu, size=np.shape(scale)) if likelihood == "student_t" else rng.standard_normal(np.shape(scale))
+    return np.asarray(scale) * z
 
 
 def rate_posterior(lpd_grid: np.ndarray, grid: np.ndarray = RATE_GRID,
@@ -443,16 +450,19 @@ def fit_family(runs: Any, config: Any, *, quiet: bool = False, source: str | Non
     import jax
 
     from .inference import build_idata, fit_law, law_metadata, report_diagnostics, run_metadata
+    from .models import law_overrides
     from .store import AVERAGED, SEP
 
     laws = list(config.family)
     t0 = time.perf_counter()
     key = jax.random.PRNGKey(config.seed)
     fits, folds, cuts = {}, {}, []
+    per_law = {law: replace(config, law=law, priors=tuple(law_overrides(law, dict(config.priors), tuple(laws)).items()))
+               for law in laws}  # every override checked before any fitting
     for j, law in enumerate(laws):
         k_fit, k_lfo = jax.random.split(jax.random.fold_in(key, j))
-        fits[law] = fit_law(runs, law, replace(config, law=law), k_fit, quiet=quiet)
-        cuts, folds[law] = forward_folds(runs, law, config, k_lfo, quiet=quiet, warm_start=fits[law].adapted)
+        fits[law] = fit_law(runs, law, per_law[law], k_fit, quiet=quiet)
+        cuts, folds[law] = forward_folds(runs, law, per_law[law], k_lfo, quiet=quiet, warm_start=fits[law].adapted)
     cal = calibrate(laws, np.log(runs["loss"].to_numpy(float)), folds, likelihood=config.likelihood, nu=config.nu)
     rng = np.random.default_rng(config.seed)
     shape = fits[laws[0]].diverging.shape
@@ -471,8 +481,8 @@ def fit_family(runs: Any, config: Any, *, quiet: bool = False, source: str | Non
     cdf = np.cumsum(cal.rate_posterior)
     meta["averaging"] = {
         "method": "stacking of leave-future-out predictive densities (each cut counts once; "
-                  f"Dirichlet({WEIGHT_PRIOR:g}) prior on the weights), with a model discrepancy "
-                  "Normal(0, (rate x distance)^2) on log loss",
+                  f"Dirichlet({WEIGHT_PRIOR:g}) prior on the weights), with a model discrepancy of scale "
+                  "rate x distance on log loss, combined with the noise as sqrt(sigma^2 + (rate x distance)^2)",
         "cuts": cuts,
         "n_levels": int(budget_levels(C).max() + 1),
         "data_range": DataRange.of(runs["N"].to_numpy(float), runs["D"].to_numpy(float), C).to_json(),

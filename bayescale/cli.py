@@ -66,10 +66,11 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}" if 1e-3 <= ax < 1e5 else f"{x:.3e}"
 
 
-def _table(rows: list[list[str]], header: list[str]) -> str:
+def _table(rows: list[list[str]], header: list[str], *, left: tuple[int, ...] = (0,)) -> str:
+    """Aligned text table: columns in ``left`` (default the first) left-aligned, others right."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).rjust(w) if j else str(c).ljust(w)  # noqa: E731
-                               for j, (c, w) in enumerate(zip(r, widths, strict=True)))
+    line = lambda r: "  ".join(str(c).ljust(w) if j in left else str(c).rjust(w)  # noqa: E731
+                               for j, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
@@ -117,9 +118,9 @@ def _parse_priors(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
     return tuple(priors.items())
 
 
-def _default_out(source: str, law: str) -> Path:
+def _default_out(source: str, law: str | None) -> Path:
     stem = Path(source.rstrip("/\\")).stem or "runs"
-    return Path(DEFAULT_MODELS_DIR) / f"{stem}-{law}.nc"
+    return Path(DEFAULT_MODELS_DIR) / (f"{stem}-{law}.nc" if law else f"{stem}.nc")
 
 
 def _check_out(out: Path) -> None:
@@ -127,7 +128,7 @@ def _check_out(out: Path) -> None:
     if out.is_dir():
         raise InputError("is a directory; expected a path for the .nc posterior", file=str(out), field="--out")
     if out.exists():
-        from .inference import load_posterior
+        from .store import load_posterior
 
         try:
             load_posterior(out)
@@ -153,11 +154,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise InputError("expected a path ending in .nc", file=str(out), field="--out")
     _check_out(out)
 
-    from .inference import FitConfig, diagnostics, fit, save_posterior
-    from .posterior import exponents, param_summary, summarize
+    from .inference import FitConfig, diagnostics, fit
+    from .store import AVERAGED, save_posterior
 
-    cfg = FitConfig(law=args.law, chains=args.chains, warmup=args.warmup, draws=args.draws, seed=args.seed,
-                    likelihood=args.likelihood, nu=args.nu, target_accept=args.target_accept,
+    cfg = FitConfig(law=args.law or AVERAGED, chains=args.chains, warmup=args.warmup, draws=args.draws,
+                    seed=args.seed, likelihood=args.likelihood, nu=args.nu, target_accept=args.target_accept,
                     priors=_parse_priors(args))
     t0 = time.perf_counter()
     idata = fit(runs, cfg, quiet=args.json, source=args.source, filter=args.filter)
@@ -167,25 +168,74 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise InputError(f"could not write the posterior: {e.strerror or e}", file=str(out), field="--out") from None
     seconds = time.perf_counter() - t0
     diag = diagnostics(idata)
-    params = param_summary(idata)
-    expo = {k: summarize(v) for k, v in exponents(idata).items()}
-    result = {
-        "law": args.law, "n_obs": int(len(runs)), "seconds": round(seconds, 3),
-        "divergences": diag["divergences"], "out": str(out), "params": params, "compute_optimal": expo,
-        "diagnostics": {k: v for k, v in diag.items() if k != "per_param"},
-        "skipped": report.lines(),
-    }
+    result = {"law": cfg.law, "n_obs": int(len(runs)), "seconds": round(seconds, 3),
+              "divergences": diag["divergences"], "out": str(out), **_posterior_summary(idata),
+              "diagnostics": {k: v for k, v in diag.items() if k != "per_param"}, "skipped": report.lines()}
     if args.json:
         _emit_json(result)
         return 0
-    print(f"{args.law} law fitted to {len(runs)} runs from {args.source} in {seconds:.1f} s -> {out}")
-    print(_table([_interval_row(k, v, [f"{v['r_hat']:.3f}", f"{v['ess_bulk']:.0f}"]) for k, v in params.items()],
-                 [*INTERVAL_HEADER, "r_hat", "ess_bulk"]))
-    print()
-    print("compute-optimal exponents (N_opt ∝ C^a, D_opt ∝ C^b):")
-    print(_table([_interval_row(k, v) for k, v in expo.items()], INTERVAL_HEADER))
+    what = f"{cfg.law} law" if cfg.law != AVERAGED else f"{len(result['laws'])} laws, averaged,"
+    print(f"{what} fitted to {len(runs)} runs from {args.source} in {seconds:.1f} s -> {out}")
+    _print_posterior(result)
     print(f"\ndiagnostics: {_verdict(diag)}")
     return 0
+
+
+def _posterior_summary(idata: Any) -> dict[str, Any]:
+    """``params`` (``LAW.NAME`` keys for an averaged posterior), ``compute_optimal`` (the mixture's
+    exponents) and, for an averaged posterior, ``laws`` (weight, params, forward scores) and
+    ``averaging`` (cuts, discrepancy rate): what ``fit`` and ``summary`` report."""
+    from .posterior import exponents, param_summary, summarize
+    from .store import AVERAGED, laws_of, metadata
+
+    meta = metadata(idata)
+    expo = {k: summarize(v) for k, v in exponents(idata).items()}
+    if meta["law"] != AVERAGED:
+        return {"params": param_summary(idata), "compute_optimal": expo}
+    laws = {law: {"weight": meta["laws"][law]["weight"], "params": param_summary(idata, law=law),
+                  "lfo": meta["laws"][law]["lfo"]} for law in laws_of(idata)}
+    params = {f"{law}.{k}": v for law, d in laws.items() for k, v in d["params"].items()}
+    av = meta["averaging"]
+    disc = av["discrepancy"]
+    averaging = {"method": av["method"], "cuts": av["cuts"], "distance": av["distance"],
+                 "discrepancy_rate": {"mean": disc["rate_mean"], "q05": disc["rate_q05"], "q95": disc["rate_q95"],
+                                      "prior": disc["rate_prior"]}}
+    if "note" in av:
+        averaging["note"] = av["note"]
+    return {"params": params, "compute_optimal": expo, "laws": laws, "averaging": averaging}
+
+
+def _print_posterior(res: dict[str, Any]) -> None:
+    """Parameters (per law, with weights and forward scores, when averaged) and exponents."""
+    ph = [*INTERVAL_HEADER, "r_hat", "ess_bulk"]
+    row = lambda k, v: _interval_row(k, v, [f"{v['r_hat']:.3f}", f"{v['ess_bulk']:.0f}"])  # noqa: E731
+    if "laws" not in res:
+        print(_table([row(k, v) for k, v in res["params"].items()], ph))
+    else:
+        av = res["averaging"]
+        print("weights (stacking of forward-validation scores): "
+              + ", ".join(f"{law} {d['weight']:.3f}" for law, d in res["laws"].items()))
+        print("forward validation: cuts at C = " + (", ".join(_fmt(c) for c in av["cuts"]) or "none")
+              + (f" ({av['note']})" if "note" in av else ""))
+        rows = []
+        for law, d in res["laws"].items():
+            for c in d["lfo"]:
+                k = "" if c["pareto_k"] is None else f"{c['pareto_k']:.2f}"
+                rows.append([law, _fmt(c["cut"]), str(c["n_fit"]), str(c["n_scored"]), c["method"], k,
+                             f"{c['mean_distance']:.2f}", _fmt(c["elpd"]), _fmt(c["elpd_with_discrepancy"])])
+        if rows:
+            print(_table(rows, ["law", "cut C", "fitted", "scored", "method", "pareto_k", "distance",
+                                "elpd", "elpd+discrepancy"]))
+        r = av["discrepancy_rate"]
+        print(f"model discrepancy: {100 * r['mean']:.2f}% of the loss per decade beyond the runs "
+              f"(90% [{100 * r['q05']:.2f}%, {100 * r['q95']:.2f}%]; prior {r['prior']})")
+        for law, d in res["laws"].items():
+            print(f"\n{law} law (weight {d['weight']:.3f}):")
+            print(_table([row(k, v) for k, v in d["params"].items()], ph))
+    print()
+    print("compute-optimal exponents (N_opt ∝ C^a, D_opt ∝ C^b)"
+          + (", the mixture's:" if "laws" in res else ":"))
+    print(_table([_interval_row(k, v) for k, v in res["compute_optimal"].items()], INTERVAL_HEADER))
 
 
 def _verdict(diag: dict[str, Any]) -> str:
@@ -201,41 +251,77 @@ def _verdict(diag: dict[str, Any]) -> str:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from .inference import diagnostics, load_posterior, metadata
-    from .posterior import exponents, param_summary, summarize
+    from .inference import diagnostics
+    from .store import load_posterior, metadata
 
     idata = load_posterior(args.model)
     meta = metadata(idata)
     diag = diagnostics(idata)
-    params = param_summary(idata)
-    expo = {k: summarize(v) for k, v in exponents(idata).items()}
+    res = _posterior_summary(idata)
     if args.json:
+        priors = ({law: v["priors"] for law, v in meta["laws"].items()} if "laws" in meta else meta["priors"])
         _emit_json({"model": args.model, "law": meta["law"], "n_obs": meta["n_obs"], "source": meta["source"],
-                    "filter": meta["filter"], "priors": meta["priors"], "config": meta["config"],
-                    "versions": meta["versions"], "params": params, "compute_optimal": expo,
+                    "filter": meta["filter"], "priors": priors, "config": meta["config"],
+                    "versions": meta["versions"], **res,
                     "diagnostics": {k: v for k, v in diag.items() if k != "per_param"}})
         return 0
     cfg = meta["config"]
-    print(f"{args.model}: {meta['law']} law, {meta['n_obs']} runs from {meta['source']}"
+    what = (f"{meta['law']} law" if "laws" not in meta
+            else f"{len(meta['laws'])} laws averaged ({', '.join(meta['laws'])})")
+    print(f"{args.model}: {what}, {meta['n_obs']} runs from {meta['source']}"
           + (f" (filter: {meta['filter']})" if meta["filter"] else ""))
     print(f"likelihood {cfg['likelihood']}" + (f" (nu={cfg['nu']})" if cfg["likelihood"] == "student_t" else "")
           + f" on log loss; {cfg['chains']} chains x {cfg['draws']} draws after {cfg['warmup']} warm-up;"
           f" seed {cfg['seed']}")
-    print("priors: " + ", ".join(f"{k} ~ {v}" for k, v in meta["priors"].items()))
+    if "laws" not in meta:
+        print("priors: " + ", ".join(f"{k} ~ {v}" for k, v in meta["priors"].items()))
+    else:
+        for law, v in meta["laws"].items():
+            print(f"priors ({law}): " + ", ".join(f"{k} ~ {p}" for k, p in v["priors"].items()))
     print()
-    print(_table([_interval_row(k, v, [f"{v['r_hat']:.3f}", f"{v['ess_bulk']:.0f}"]) for k, v in params.items()],
-                 [*INTERVAL_HEADER, "r_hat", "ess_bulk"]))
-    print()
-    print(_table([_interval_row(k, v) for k, v in expo.items()], INTERVAL_HEADER))
+    _print_posterior(res)
     print(f"\ndiagnostics: {_verdict(diag)}")
     return 0
 
 
+def _usable(idata: Any, args: argparse.Namespace) -> None:
+    """Refuse an unconverged posterior (exit 2, with what to do) unless --allow-unconverged."""
+    from .inference import convergence_problem, diagnostics
+
+    problem = convergence_problem(diagnostics(idata))
+    if problem is None:
+        return
+    if getattr(args, "allow_unconverged", False):
+        _log(args, f"warning: using an unconverged posterior ({problem}), as --allow-unconverged asks")
+        return
+    raise InputError(f"the posterior has not converged ({problem}); its intervals would be wrong. Refit with "
+                     "more warm-up and draws (e.g. --warmup 2000 --draws 2000) or a higher --target-accept, "
+                     "or pass --allow-unconverged to use it anyway", file=args.model)
+
+
+def _flags(e: dict[str, Any], *, short: bool = False) -> str:
+    """Text of a row's extrapolation: how far beyond the runs it is (``short``: for narrow tables)."""
+    if not e["extrapolating"]:
+        return "inside the runs" if not short else "no"
+    parts = []
+    if e["compute_ratio"] > 1:
+        parts.append(f"C x{e['compute_ratio']:.3g}" + ("" if short else " the largest run"))
+    if e.get("below_smallest_compute"):
+        parts.append("C below the runs")
+    out = [n for n, k in (("N", "N_outside"), ("D", "D_outside")) if e[k]]
+    if out:
+        parts.append(" and ".join(out) + (" outside" if short else " outside the runs' range"))
+    if e.get("beyond_corpus"):
+        parts.append("D > corpus" if short else "D beyond the corpus")
+    return "; ".join(parts) + f" ({e['distance_decades']:.2f} decades)"
+
+
 def cmd_optimal(args: argparse.Namespace) -> int:
-    from .inference import load_posterior
     from .posterior import optimal
+    from .store import load_posterior
 
     idata = load_posterior(args.model)
+    _usable(idata, args)
     res = optimal(idata, args.compute)
     if args.json:
         _emit_json({"model": args.model, "optimal": res})
@@ -245,15 +331,16 @@ def cmd_optimal(args: argparse.Namespace) -> int:
         for k in ("N_opt", "D_opt", "loss", "tokens_per_param"):
             label = (f"C={_fmt(r['compute'])}  {k}" if k == "N_opt"
                      else f"{'':>{len(_fmt(r['compute'])) + 2}}  {k}")
-            rows.append(_interval_row(label, r[k]))
-    print(_table(rows, ["budget (FLOP)", "mean", "sd", "q05", "q50", "q95"]))
+            rows.append(_interval_row(label, r[k], [_flags(r["extrapolation"]) if k == "N_opt" else ""]))
+    print(_table(rows, ["budget (FLOP)", "mean", "sd", "q05", "q50", "q95", "beyond the runs?"], left=(0, 6)))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .inference import load_posterior
     from .posterior import predict
+    from .store import load_posterior
 
+    C = None
     if args.at is not None:
         if args.N is not None or args.D is not None:
             raise InputError("give either --N and --D, or --at TABLE, not both", field="--at")
@@ -266,23 +353,74 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise InputError(f"missing column(s) {', '.join(missing)}; expected N and D", file=str(path),
                              field=missing[0])
         N, D = table["N"].to_numpy(), table["D"].to_numpy()
+        C = table["C"].to_numpy() if "C" in table.columns else None
     else:
         if args.N is None or args.D is None:
             raise InputError("give --N and --D (or --at TABLE)", field="--N" if args.N is None else "--D")
         N, D = args.N, args.D
     idata = load_posterior(args.model)
+    _usable(idata, args)
     try:
-        res = predict(idata, N, D, noise=not args.no_noise, seed=args.seed)
+        res = predict(idata, N, D, C=C, noise=not args.no_noise, seed=args.seed)
     except (TypeError, ValueError) as e:
+        if isinstance(e, InputError):
+            raise
         raise InputError(f"expected numbers: {e}", field="--at" if args.at else "--N") from None
     if args.json:
         _emit_json({"model": args.model, "predictions": res})
         return 0
     print(_table([[_fmt(r["N"]), _fmt(r["D"]), _fmt(r["mean"]), _fmt(r["sd"]), _fmt(r["q05"]), _fmt(r["q50"]),
-                   _fmt(r["q95"])] for r in res], ["N", "D", "mean", "sd", "q05", "q50", "q95"]))
+                   _fmt(r["q95"]), _flags(r["extrapolation"])] for r in res],
+                 ["N", "D", "mean", "sd", "q05", "q50", "q95", "beyond the runs?"], left=(7,)))
     kind = "posterior predictive (with observation noise)" if not args.no_noise else "posterior of the mean loss"
     print(f"({kind}; loss in nats/token)")
     return 0
+
+
+# --------------------------------------------------------------------------------------------
+# check
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .check import plot_ranks, sbc
+    from .store import load_posterior
+
+    idata = load_posterior(args.model)
+    if args.sbc < 20:
+        raise InputError(f"expected at least 20 replicates (ranks of fewer say little), got {args.sbc}", field="--sbc")
+
+    def progress(law: str, done: int, total: int) -> None:
+        if not args.json and (done == total or done % max(1, total // 10) < 4):
+            print(f"  {law}: {done}/{total} replicates", file=sys.stderr, flush=True)
+
+    _log(args, f"simulation-based calibration of {args.model}: {args.sbc} replicates per law at its "
+               f"{int(idata.constant_data['N'].size)} runs")
+    checks = sbc(idata, replicates=args.sbc, compute=args.compute, laws=args.law, seed=args.seed, progress=progress)
+    out = Path(args.out) if args.out else Path(args.model).with_suffix("")
+    out = Path(str(out) + "-check") if not args.out else out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"could not create the directory: {e.strerror or e}", file=str(out), field="--out") from None
+    fig_path = out / "sbc-ranks.png"
+    plot_ranks(checks).savefig(fig_path, dpi=100)
+    res = {"model": args.model, "sbc": {law: c.summary() for law, c in checks.items()}, "figure": str(fig_path)}
+    res["verdict"] = "calibrated" if all(v["verdict"] == "calibrated" for v in res["sbc"].values()) else "check"
+    if args.json:
+        _emit_json(res)
+        return 0
+    for law, v in res["sbc"].items():
+        print(f"{law} law: {v['replicates']} replicates, {v['replicates_with_divergences']} with divergences, "
+              f"{v['seconds']:.0f} s -> {v['verdict'].upper()}")
+        print(_table([[k, f"{q['chi2']:.1f}", f"{q['p']:.3f}", f"{q['coverage90']:.3f}", "ok" if q["ok"] else "NO"]
+                      for k, q in v["quantities"].items()], ["quantity", "chi2", "p (uniform ranks)", "90% cover",
+                                                             ""]))
+    print(f"(ranks of the truth among {RANK_TEXT} posterior draws; ok: p > 0.01 and 90% coverage in [0.85, 0.95])")
+    print(f"figure: {fig_path}\nverdict: {res['verdict']}")
+    return 0
+
+
+RANK_TEXT = "99 thinned"
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,7 +447,16 @@ def _positive_float(s: str) -> float:
     return v
 
 
+def add_allow_unconverged(p: argparse.ArgumentParser) -> None:
+    """The option that lets a command use a posterior that failed the convergence checks."""
+    p.add_argument("--allow-unconverged", action="store_true",
+                   help="use the posterior even if max R-hat > 1.05 or > 1%% of transitions diverged "
+                        "(default: refuse, exit 2)")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .laws import LAWS
+
     """The ``bayescale`` argument parser (exposed for documentation and tests)."""
     p = argparse.ArgumentParser(prog="bayescale", description="Bayesian scaling-law inference for language models.")
     p.add_argument("--version", action="version", version=f"bayescale {__version__}")
@@ -319,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="fit a scaling law by NUTS and save the posterior (.nc)")
     f.add_argument("source", metavar="SOURCE",
                    help="runs directory, CSV/Parquet table (N, D, loss), or a shipped example name (chinchilla)")
-    f.add_argument("--law", choices=["chinchilla", "kaplan"], default="chinchilla")
+    f.add_argument("--law", choices=list(LAWS), default=None,
+                   help="fit one law only (default: the whole family, averaged by forward validation)")
     f.add_argument("--group", metavar="COL", help="column that names each run's group (carried into the fit)")
     f.add_argument("--filter", metavar="QUERY", help='pandas query over the table, e.g. "kept_by_epoch == 1"')
     f.add_argument("--out", metavar="PATH.nc", help="where to save the posterior (default models/<source>-<law>.nc)")
@@ -331,7 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--nu", type=_positive_float, default=4.0, help="Student-t degrees of freedom (default 4)")
     f.add_argument("--target-accept", type=float, default=0.9)
     f.add_argument("--prior", action="append", metavar="NAME=DIST",
-                   help="override a prior, e.g. alpha='LogNormal(-1.2, 0.5)' (repeatable)")
+                   help="override a prior, e.g. alpha='LogNormal(-1.2, 0.5)' (every law with an alpha) or "
+                        "kaplan.alpha_D='...' (one law); repeatable")
     f.add_argument("--priors-file", metavar="TOML", help="a TOML file with a [priors] table of NAME = \"DIST\"")
     f.add_argument("--skip-invalid", action="store_true", help="load the valid runs and report the invalid ones")
     f.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -346,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("model", metavar="MODEL.nc")
     o.add_argument("--compute", type=_positive_float, nargs="+", required=True, metavar="C",
                    help="budget(s) in FLOP (C = 6ND)")
+    add_allow_unconverged(o)
     o.add_argument("--json", action="store_true")
     o.set_defaults(func=cmd_optimal)
 
@@ -353,11 +503,25 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("model", metavar="MODEL.nc")
     pr.add_argument("--N", type=_positive_float, nargs="+", help="non-embedding parameters")
     pr.add_argument("--D", type=_positive_float, nargs="+", help="training tokens (pairs with --N)")
-    pr.add_argument("--at", metavar="TABLE", help="CSV/Parquet with columns N, D")
+    pr.add_argument("--at", metavar="TABLE", help="CSV/Parquet with columns N, D (and C, if compute is not 6ND)")
     pr.add_argument("--no-noise", action="store_true", help="interval of the mean loss, without observation noise")
     pr.add_argument("--seed", type=int, default=0)
+    add_allow_unconverged(pr)
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_predict)
+
+    c = sub.add_parser("check", help="simulation-based calibration of a fit: simulate from the prior, refit, "
+                                     "rank the truth")
+    c.add_argument("model", metavar="MODEL.nc")
+    c.add_argument("--sbc", type=_positive_int, default=200, metavar="R",
+                   help="replicates per law (default 200; about a minute per law on the Chinchilla design here)")
+    c.add_argument("--law", nargs="+", choices=list(LAWS), help="laws to check (default: every law in the file)")
+    c.add_argument("--compute", type=_positive_float, metavar="C",
+                   help="budget of the log N*(C) check (default: 100 x the largest run's)")
+    c.add_argument("--out", metavar="DIR", help="where to write the rank histograms (default MODEL-check/)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the simulations and refits (default 0)")
+    c.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    c.set_defaults(func=cmd_check)
 
     _add_optional_commands(sub)
     return p

@@ -357,7 +357,11 @@ def convergence_problem(diag: dict[str, Any]) -> str | None:
     Refused: max R-hat above :data:`REFUSE_R_HAT` (chains disagree: the draws are not from one
     posterior) or divergent transitions in more than :data:`REFUSE_DIVERGENT_SHARE` of the draws
     (the sampler missed part of it). An undefined R-hat (one chain) is not refused, only warned.
+    An averaged posterior is refused if any of its laws is.
     """
+    if "per_law" in diag:
+        found = [f"{law} law: {p}" for law, d in diag["per_law"].items() if (p := convergence_problem(d))]
+        return "; ".join(found) or None
     problems = []
     if np.isfinite(diag["max_r_hat"]) and diag["max_r_hat"] > REFUSE_R_HAT:
         problems.append(f"max R-hat {diag['max_r_hat']:.3f} > {REFUSE_R_HAT}")

@@ -205,6 +205,32 @@ def resolve_priors(law: str, anchors: Anchors, overrides: Mapping[str, str] | No
     return specs
 
 
+def law_overrides(law: str, overrides: Mapping[str, str], family: tuple[str, ...]) -> dict[str, str]:
+    """The prior overrides of a fit of the law family that apply to ``law``.
+
+    ``LAW.site`` names one law's site; a bare ``site`` applies to every law of ``family`` that has
+    it (``alpha`` sets the Chinchilla and shared laws' exponent; ``E`` and ``sigma`` every law's).
+    A bare name no law has, or a ``LAW.site`` of a law outside the family, is refused.
+    """
+    out: dict[str, str] = {}
+    for name, spec in overrides.items():
+        target, sep, site = name.partition(".")
+        if sep:
+            if target not in family:
+                raise InputError(f"unknown law {target!r} in {name!r}; the family is {', '.join(family)}",
+                                 field="--prior")
+            if target == law:
+                out[site] = spec
+        elif any(name in SAMPLED_SITES[f] for f in family):
+            if name in SAMPLED_SITES[law]:
+                out.setdefault(name, spec)
+        else:
+            sites = sorted({s for f in family for s in SAMPLED_SITES[f]})
+            raise InputError(f"no law of the family has a parameter {name!r}; priors can be set on "
+                             f"{', '.join(sites)} (or LAW.NAME for one law)", field="--prior")
+    return out
+
+
 def log_mean(law: str, th: Mapping[str, Array], n: Array, d: Array) -> Array:
     """log of the law's predicted loss at centred log N, log D (``n``, ``d``), from sampled sites."""
     if law in ("chinchilla", "shared"):

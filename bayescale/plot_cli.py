@@ -51,10 +51,12 @@ def _out_dir(path: str) -> Path:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .inference import load_posterior
+    from .cli import _usable
     from .plots import plot_all
+    from .store import load_posterior
 
     idata = load_posterior(args.model)
+    _usable(idata, args)
     out = _out_dir(args.out or str(Path(args.model).with_suffix("")) + "-plots")
     _log(args, f"drawing figures of {args.model} into {out}/ ...")
     paths = plot_all(idata, out, fmt=args.format)
@@ -71,27 +73,54 @@ def cmd_plot(args: argparse.Namespace) -> int:
 PARETO_K_BAD = 0.7  # PSIS estimates are unreliable above this (Vehtari et al. 2017/2024)
 
 
+def expand_laws(models: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Each averaged posterior replaced by its laws (``NAME:LAW``), with what its averaging said of
+    each: ``{NAME:LAW: {"lfo_weight", "elpd_lfo", "cuts"}}``."""
+    from .store import is_averaged, law_view, laws_of, metadata
+
+    out, lfo = {}, {}
+    for name, idata in models.items():
+        if not is_averaged(idata):
+            out[name] = idata
+            continue
+        meta = metadata(idata)
+        for law in laws_of(idata):
+            key = f"{name}:{law}"
+            out[key] = law_view(idata, law)
+            rows = meta["laws"][law]["lfo"]
+            lfo[key] = {"lfo_weight": meta["laws"][law]["weight"],
+                        "elpd_lfo": sum(r["elpd_with_discrepancy"] for r in rows) if rows else None,
+                        "cuts": meta["averaging"]["cuts"]}
+    return out, lfo
+
+
 def compare_models(models: dict[str, Any]) -> dict[str, Any]:
     """PSIS-LOO comparison of posteriors fitted to the same data.
+
+    An averaged posterior enters as its laws, each with the weight and forward-validation score
+    its averaging gave it beside the LOO figures: LOO scores fit among the runs one has, the
+    forward scores how each law predicted the runs beyond a cut.
 
     Parameters
     ----------
     models
-        ``{name: InferenceData}``, at least two, each with a ``log_likelihood`` group.
+        ``{name: InferenceData}``: at least two laws in all, each with a ``log_likelihood`` group.
 
     Returns
     -------
     dict
-        ``table``: one row per model, best first (``elpd_loo, se, p_loo, elpd_diff, dse,
-        weight, pareto_k_bad``), and ``pareto_k_threshold``.
+        ``table``: one row per law, best first (``elpd_loo, se, p_loo, elpd_diff, dse,
+        weight, pareto_k_bad``, and ``lfo_weight`` and ``elpd_lfo`` for the laws of an averaged
+        posterior, else null), and ``pareto_k_threshold``.
     """
     import warnings
 
     import numpy as np
 
     from ._arviz import az
-    from .inference import metadata
+    from .store import metadata
 
+    models, lfo = expand_laws(models)
     if len(models) < 2:
         raise InputError(
             f"expected at least two posteriors to compare, got {len(models)}", field="MODEL"
@@ -137,9 +166,12 @@ def compare_models(models: dict[str, Any]) -> dict[str, Any]:
                 "weight": float(r["weight"]),
                 "pareto_k_bad": int(np.sum(k > PARETO_K_BAD)),
                 "n_obs": int(k.size),
+                "lfo_weight": lfo.get(str(name), {}).get("lfo_weight"),
+                "elpd_lfo": lfo.get(str(name), {}).get("elpd_lfo"),
             }
         )
-    return {"table": rows, "pareto_k_threshold": PARETO_K_BAD}
+    cuts = sorted({c for v in lfo.values() for c in v["cuts"]})
+    return {"table": rows, "pareto_k_threshold": PARETO_K_BAD, "lfo_cuts": cuts}
 
 
 def plot_compare(models: dict[str, Any], *, extrapolate_decades: float = 2.0) -> Any:
@@ -158,6 +190,7 @@ def plot_compare(models: dict[str, Any], *, extrapolate_decades: float = 2.0) ->
     )
     from .posterior import optimal_draws
 
+    models, _ = expand_laws(models)
     colors = [OKABE_ITO[c] for c in ("blue", "vermillion", "green", "purple", "orange", "sky")]
     C_all = np.concatenate([_observed(m)["C"] for m in models.values()])
     grid = _logspace(C_all.min() / 3, C_all.max() * 10**extrapolate_decades, 60)
@@ -189,7 +222,7 @@ def plot_compare(models: dict[str, Any], *, extrapolate_decades: float = 2.0) ->
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .cli import _fmt, _table
-    from .inference import load_posterior
+    from .store import load_posterior
 
     names = [str(Path(m).stem) for m in args.models]
     if len(set(names)) < len(names):
@@ -207,39 +240,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.json:
         _emit(res)
         return 0
+    any_lfo = any(r["lfo_weight"] is not None for r in res["table"])
     rows = [
-        [
-            r["model"],
-            r["law"],
-            _fmt(r["elpd_loo"]),
-            _fmt(r["se"]),
-            _fmt(r["elpd_diff"]),
-            _fmt(r["dse"]),
-            _fmt(r["p_loo"]),
-            f"{r['weight']:.3f}",
-            f"{r['pareto_k_bad']}/{r['n_obs']}",
-        ]
+        [r["model"], r["law"], _fmt(r["elpd_loo"]), _fmt(r["se"]), _fmt(r["elpd_diff"]), _fmt(r["dse"]),
+         _fmt(r["p_loo"]), f"{r['weight']:.3f}", f"{r['pareto_k_bad']}/{r['n_obs']}"]
+        + ([("" if r["lfo_weight"] is None else f"{r['lfo_weight']:.3f}"),
+            ("" if r["elpd_lfo"] is None else _fmt(r["elpd_lfo"]))] if any_lfo else [])
         for r in res["table"]
     ]
-    print(
-        _table(
-            rows,
-            [
-                "model",
-                "law",
-                "elpd_loo",
-                "se",
-                "elpd_diff",
-                "dse",
-                "p_loo",
-                "weight",
-                f"k>{PARETO_K_BAD}",
-            ],
-        )
-    )
-    print(
-        "(PSIS-LOO on log loss; higher elpd is better; elpd_diff and dse are relative to the best)"
-    )
+    header = ["model", "law", "elpd_loo", "se", "elpd_diff", "dse", "p_loo", "weight", f"k>{PARETO_K_BAD}"]
+    print(_table(rows, header + (["lfo_weight", "elpd_lfo"] if any_lfo else [])))
+    print("(PSIS-LOO on log loss; higher elpd is better; elpd_diff and dse are relative to the best; weight: "
+          "LOO stacking)")
+    if any_lfo:
+        print("(lfo_weight: the weight the averaged fit gives the law, from forward validation at C = "
+              + ", ".join(_fmt(c) for c in res["lfo_cuts"]) + "; elpd_lfo: its summed forward log "
+              "density with the model discrepancy. LOO scores fit among the runs; the averaged fit "
+              "weighs how laws predict the runs beyond a cut)")
     bad = [r for r in res["table"] if r["pareto_k_bad"]]
     for r in bad:
         print(
@@ -264,6 +281,8 @@ th, td { padding: 0.2em 0.7em; border-bottom: 1px solid #ddd; text-align: right;
          white-space: nowrap; }
 th:first-child, td:first-child { text-align: left; }
 .ok { color: #009E73; font-weight: bold; } .check { color: #D55E00; font-weight: bold; }
+tr.check td { font-weight: normal; }
+td.note { white-space: normal; text-align: left; min-width: 9em; font-size: 0.85em; }
 code { word-break: break-all; }
 """
 
@@ -274,10 +293,16 @@ def _png_b64(fig: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
+def _html_table(header: list[str], rows: list[list[str]], *, row_class: list[str] | None = None,
+                notes: tuple[int, ...] = ()) -> str:
+    """A scrollable HTML table; ``row_class`` classes rows, columns in ``notes`` wrap their text."""
     th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    cls = row_class or [""] * len(rows)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows
+        (f"<tr class='{c}'>" if c else "<tr>")
+        + "".join(f"<td{' class=note' if j in notes else ''}>{html.escape(str(x))}</td>" for j, x in enumerate(r))
+        + "</tr>"
+        for r, c in zip(rows, cls, strict=True)
     )
     table = f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
     return f'<div class="scroll">{table}</div>'
@@ -293,17 +318,20 @@ def report_budgets(C_obs: Any, *, extrapolate_decades: int = 2) -> list[float]:
 
 
 def build_report(idata: Any, *, model_name: str = "model") -> str:
-    """One self-contained HTML page: data, parameters, diagnostics, allocation and figures."""
+    """One self-contained HTML page: data, laws and weights, parameters, diagnostics, allocation
+    (rows beyond the runs marked) and figures."""
     import numpy as np
 
-    from .cli import _fmt
-    from .inference import diagnostics, metadata
-    from .plots import FIGURES, _observed
-    from .posterior import optimal, param_summary
+    from .cli import _flags, _fmt, _posterior_summary
+    from .inference import diagnostics
+    from .plots import _model_label, _observed, figure_jobs
+    from .posterior import optimal
+    from .store import metadata
 
     meta = metadata(idata)
     obs = _observed(idata)
     diag = diagnostics(idata)
+    summ = _posterior_summary(idata)
     e = html.escape
     parts = [
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
@@ -313,52 +341,47 @@ def build_report(idata: Any, *, model_name: str = "model") -> str:
     ]
     # data
     rng = lambda x: f"{_fmt(float(np.min(x)))} – {_fmt(float(np.max(x)))}"  # noqa: E731
+    cfg = meta["config"]
     parts.append("<h2>Data</h2>")
-    parts.append(
-        _html_table(
-            ["", "value"],
-            [
-                ["source", str(meta.get("source"))],
-                ["filter", str(meta.get("filter") or "none")],
-                ["runs", str(meta["n_obs"])],
-                ["N (non-embedding parameters)", rng(obs["N"])],
-                ["D (training tokens)", rng(obs["D"])],
-                ["C (FLOP, 6ND)", rng(obs["C"])],
-                ["loss (nats/token)", rng(obs["loss"])],
-                ["law", meta["law"]],
-                ["likelihood", f"{meta['config']['likelihood']} on log loss"],
-                [
-                    "sampler",
-                    f"{meta['config']['chains']} chains × {meta['config']['draws']} draws "
-                    f"({meta['config']['warmup']} warm-up)",
-                ],
-            ],
-        )
-    )
+    parts.append(_html_table(["", "value"], [
+        ["source", str(meta.get("source"))],
+        ["filter", str(meta.get("filter") or "none")],
+        ["runs", str(meta["n_obs"])],
+        ["N (non-embedding parameters)", rng(obs["N"])],
+        ["D (training tokens)", rng(obs["D"])],
+        ["C (FLOP)", rng(obs["C"])],
+        ["loss (nats/token)", rng(obs["loss"])],
+        ["model", _model_label(meta)],
+        ["likelihood", f"{cfg['likelihood']} on log loss"],
+        ["sampler", f"{cfg['chains']} chains × {cfg['draws']} draws ({cfg['warmup']} warm-up)"],
+    ]))
+    # laws and weights
+    if "laws" in summ:
+        av = summ["averaging"]
+        r = av["discrepancy_rate"]
+        parts.append("<h2>Laws and weights</h2>")
+        parts.append("<p>Each law was fitted to all the runs, and again to the runs below each forward-validation "
+                     "cut (C = " + e(", ".join(_fmt(c) for c in av["cuts"]) or "none") + ") to predict the runs "
+                     "above it. The weights stack those forward predictions; the model discrepancy widens every "
+                     f"prediction by {100 * r['mean']:.2f}% of the loss per decade beyond the runs (90% "
+                     f"[{100 * r['q05']:.2f}%, {100 * r['q95']:.2f}%]).</p>")
+        parts.append(_html_table(["law", "weight", "forward elpd (with discrepancy)", "cuts refitted / by PSIS"], [
+            [law, f"{d['weight']:.3f}", _fmt(sum(c["elpd_with_discrepancy"] for c in d["lfo"])) if d["lfo"] else "–",
+             f"{sum(c['method'] == 'exact' for c in d['lfo'])} / {sum(c['method'] == 'psis' for c in d['lfo'])}"]
+            for law, d in summ["laws"].items()]))
     # parameters
-    params = param_summary(idata)
     parts.append("<h2>Parameters</h2>")
-    parts.append(
-        _html_table(
+    blocks = ({law: d["params"] for law, d in summ["laws"].items()} if "laws" in summ
+              else {meta["law"]: summ["params"]})
+    priors = {law: v["priors"] for law, v in meta["laws"].items()} if "laws" in meta else {meta["law"]: meta["priors"]}
+    for law, params in blocks.items():
+        if len(blocks) > 1:
+            parts.append(f"<h3>{e(law)} law</h3>")
+        parts.append(_html_table(
             ["", "mean", "sd", "q05", "q50", "q95", "R-hat", "ESS bulk"],
-            [
-                [
-                    k,
-                    _fmt(v["mean"]),
-                    _fmt(v["sd"]),
-                    _fmt(v["q05"]),
-                    _fmt(v["q50"]),
-                    _fmt(v["q95"]),
-                    f"{v['r_hat']:.3f}",
-                    f"{v['ess_bulk']:.0f}",
-                ]
-                for k, v in params.items()
-            ],
-        )
-    )
-    parts.append(
-        "<p>Priors: " + e(", ".join(f"{k} ~ {v}" for k, v in meta["priors"].items())) + "</p>"
-    )
+            [[k, _fmt(v["mean"]), _fmt(v["sd"]), _fmt(v["q05"]), _fmt(v["q50"]), _fmt(v["q95"]),
+              f"{v['r_hat']:.3f}", f"{v['ess_bulk']:.0f}"] for k, v in params.items()]))
+        parts.append("<p>Priors: " + e(", ".join(f"{k} ~ {v}" for k, v in priors[law].items())) + "</p>")
     # diagnostics
     ok = not diag["warnings"]
     parts.append("<h2>Diagnostics</h2>")
@@ -371,8 +394,8 @@ def build_report(idata: Any, *, model_name: str = "model") -> str:
     if diag["warnings"]:
         parts.append("<ul>" + "".join(f"<li>{e(w)}</li>" for w in diag["warnings"]) + "</ul>")
     # allocation
-    budgets = report_budgets(obs["C"])
-    alloc = optimal(idata, budgets)
+    alloc = optimal(idata, report_budgets(obs["C"]))
+
     def g3(x: float) -> str:  # three significant digits, compact exponent: the table fits the page
         return f"{x:.3g}".replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
 
@@ -382,31 +405,22 @@ def build_report(idata: Any, *, model_name: str = "model") -> str:
     parts.append("<h2>Compute-optimal allocation</h2>")
     parts.append(
         "<p>Posterior median [90% interval]. Largest observed budget: "
-        f"{_fmt(float(obs['C'].max()))} "
-        "FLOP; rows beyond it are extrapolations.</p>"
+        f"{_fmt(float(obs['C'].max()))} FLOP. Rows marked <span class='check'>beyond the runs</span> are "
+        "extrapolations: the budget exceeds the largest run's, or N* or D* falls outside the runs' range.</p>"
     )
-    parts.append(
-        _html_table(
-            ["C (FLOP)", "N*", "D*", "loss*", "tokens/param"],
-            [
-                [
-                    g3(r["compute"]) + (" (extrapolated)" if r["compute"] > obs["C"].max() else ""),
-                    iv(r["N_opt"]),
-                    iv(r["D_opt"]),
-                    iv(r["loss"]),
-                    iv(r["tokens_per_param"]),
-                ]
-                for r in alloc
-            ],
-        )
-    )
+    rows = []
+    for r in alloc:
+        x = r["extrapolation"]
+        mark = " ⚠" if x["extrapolating"] else ""
+        rows.append([g3(r["compute"]) + mark, iv(r["N_opt"]), iv(r["D_opt"]), iv(r["loss"]),
+                     iv(r["tokens_per_param"]), _flags(x, short=True)])
+    parts.append(_html_table(["C (FLOP)", "N*", "D*", "loss*", "tokens/param", "beyond the runs?"], rows,
+                             row_class=["check" if r["extrapolation"]["extrapolating"] else "" for r in alloc],
+                             notes=(5,)))
     # figures
     parts.append("<h2>Figures</h2>")
-    for name, func in FIGURES.items():
-        parts.append(
-            f"<h3>{e(name)}</h3><img alt='{e(name)}' src='data:image/png;base64,"
-            f"{_png_b64(func(idata))}'>"
-        )
+    for name, make in figure_jobs(idata):
+        parts.append(f"<h3>{e(name)}</h3><img alt='{e(name)}' src='data:image/png;base64,{_png_b64(make())}'>")
     parts.append(
         f"<p><small>bayescale {e(meta['versions']['bayescale'])}; metadata: "
         f"<code>{e(json.dumps(meta['versions']))}</code></small></p></body></html>"
@@ -415,9 +429,11 @@ def build_report(idata: Any, *, model_name: str = "model") -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .inference import load_posterior
+    from .cli import _usable
+    from .store import load_posterior
 
     idata = load_posterior(args.model)
+    _usable(idata, args)
     out = _out_dir(args.out)
     _log(args, f"writing the report of {args.model} ...")
     page = build_report(idata, model_name=Path(args.model).name)
@@ -436,12 +452,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``plot``, ``compare`` and ``report`` on the ``bayescale`` subparsers."""
+    from .cli import add_allow_unconverged
+
     p = sub.add_parser(
         "plot", help="figures of a posterior: frontier, isoFLOPs, allocation, checks"
     )
     p.add_argument("model", metavar="MODEL.nc")
     p.add_argument("--out", metavar="DIR", help="output directory (default MODEL-plots/)")
     p.add_argument("--format", choices=["png", "svg", "pdf"], default="png")
+    add_allow_unconverged(p)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_plot)
 
@@ -455,5 +474,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("report", help="one self-contained HTML report of a posterior")
     r.add_argument("model", metavar="MODEL.nc")
     r.add_argument("--out", metavar="DIR", required=True)
+    add_allow_unconverged(r)
     r.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     r.set_defaults(func=cmd_report)

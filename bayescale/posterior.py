@@ -3,9 +3,11 @@
 Everything here works from an InferenceData written by :func:`bayescale.fit` alone. For an
 averaged fit every quantity is drawn from the weighted mixture of the laws (law ``m`` supplies
 ``weight_m`` of the draws), and losses carry the model discrepancy: each mixture draw adds
-``rate * d * z`` to the log loss, with ``rate`` a draw of the fitted discrepancy rate, ``d`` the
-point's distance beyond the runs in decades (:func:`bayescale.averaging.extrapolation_distance`)
-and ``z`` standard normal. Intervals are equal-tailed: ``q05``, ``q50``, ``q95``, with ``mean``
+``rate * d * t`` to the log loss, with ``rate`` a draw of the fitted discrepancy rate, ``d``
+the point's distance beyond the runs in decades
+(:func:`bayescale.averaging.extrapolation_distance`) and ``t`` a standard Student-t (Gaussian for
+a Gaussian likelihood); with observation noise the two combine into one Student-t of scale
+``sqrt(sigma^2 + (rate d)^2)``. Intervals are equal-tailed: ``q05``, ``q50``, ``q95``, with ``mean``
 and ``sd``. Every ``optimal`` and ``predict`` row says how far beyond the runs it is
 (``extrapolation``).
 """
@@ -22,7 +24,7 @@ import numpy as np
 
 from . import _jax  # noqa: F401
 from ._arviz import az
-from .averaging import DataRange, extrapolation_distance, mixture_counts
+from .averaging import DataRange, discrepancy_draws, extrapolation_distance, mixture_counts
 from .errors import InputError
 from .laws import EXPONENTS, PARAM_NAMES, broadcast_draws, compute_optimal, loss
 from .store import AVERAGED, law_view, laws_of, metadata, weights_of
@@ -114,13 +116,13 @@ def exponents(idata: az.InferenceData) -> dict[str, np.ndarray]:
     return {"a": np.concatenate(a), "b": np.concatenate(b)}
 
 
-def _discrepancy(mix: Mixture, d: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Draws of the discrepancy on log loss, ``(draws, points)``, at distances ``d``: one per point
-    ``(points,)``, or per draw and point ``(draws, points)``."""
+def _discrepancy_scale(mix: Mixture, d: np.ndarray) -> np.ndarray:
+    """Scale of the model discrepancy on log loss, ``(draws, points)``, at distances ``d``: one per
+    point ``(points,)``, or per draw and point ``(draws, points)``. Zero for a one-law fit."""
     shape = (mix.size, np.shape(d)[-1])
     if mix.rate is None:
         return np.zeros(shape)
-    return mix.rate[: mix.size, None] * d * rng.standard_normal(shape)
+    return np.broadcast_to(mix.rate[: mix.size, None] * d, shape)
 
 
 def optimal_draws(idata: az.InferenceData, compute: float | Iterable[float], *, seed: int = 0
@@ -139,7 +141,9 @@ def optimal_draws(idata: az.InferenceData, compute: float | Iterable[float], *, 
             parts[k].append(np.asarray(out[k]))
     dr = {k: np.concatenate(v) for k, v in parts.items()}
     d = extrapolation_distance(dr["N_opt"], dr["D_opt"], mix.data, np.broadcast_to(C, dr["N_opt"].shape))
-    dr["loss"] = dr["loss"] * np.exp(_discrepancy(mix, d, np.random.default_rng(seed)))
+    cfg = metadata(idata)["config"]
+    dr["loss"] = dr["loss"] * np.exp(discrepancy_draws(_discrepancy_scale(mix, d), np.random.default_rng(seed),
+                                                       likelihood=cfg["likelihood"], nu=cfg["nu"]))
     dr["tokens_per_param"] = dr["D_opt"] / dr["N_opt"]
     dr["distance"] = d
     return dr
@@ -162,8 +166,9 @@ def _extrapolation(mix: Mixture, C: float, N: np.ndarray, D: np.ndarray, d: np.n
         out["D_outside_share"] = float(np.mean(d_out))
     corpus = mix.corpus_tokens
     out["beyond_corpus"] = None if corpus is None else bool(np.median(D) > corpus)
+    out["below_smallest_compute"] = bool(np.log10(C) < mix.data.log10_C[0])
     out["extrapolating"] = bool(out["compute_ratio"] > 1 or out["N_outside"] or out["D_outside"]
-                                or out["beyond_corpus"])
+                                or out["beyond_corpus"] or out["below_smallest_compute"])
     return out
 
 
@@ -185,7 +190,8 @@ def optimal(idata: az.InferenceData, compute: float | Iterable[float]) -> list[d
         ``extrapolation``: ``compute_ratio`` (C / largest observed C), ``distance_decades``,
         whether the median ``N_opt`` / ``D_opt`` fall outside the observed N / D range (and the
         posterior share of draws that do), ``beyond_corpus`` (D* above the training corpus,
-        where the runs record it; else null) and ``extrapolating`` (any of these).
+        where the runs record it; else null), ``below_smallest_compute`` and ``extrapolating``
+        (any of these).
     """
     C = _positive_array(compute, "--compute")
     dr = optimal_draws(idata, C)
@@ -221,17 +227,13 @@ def predict_draws(
     mix = mixture(idata)
     rng = np.random.default_rng(seed)
     cfg = metadata(idata)["config"]
-    logs = []
-    for law, view, idx in mix.parts:
-        mu = np.log(np.asarray(loss(law, broadcast_draws(_law_params(view, law, idx)), N[None, :], D[None, :])))
-        if noise:
-            sigma = param_draws(view, ["sigma"])["sigma"][idx][:, None]
-            eps = (rng.standard_t(cfg["nu"], size=mu.shape) if cfg["likelihood"] == "student_t"
-                   else rng.standard_normal(size=mu.shape))
-            mu = mu + sigma * eps
-        logs.append(mu)
-    log_loss = np.concatenate(logs) + _discrepancy(mix, extrapolation_distance(N, D, mix.data, Cs), rng)
-    return np.exp(log_loss)
+    mu = np.concatenate([np.log(np.asarray(loss(law, broadcast_draws(_law_params(view, law, idx)), N[None, :],
+                                                D[None, :]))) for law, view, idx in mix.parts])
+    scale = _discrepancy_scale(mix, extrapolation_distance(N, D, mix.data, Cs))
+    if noise:  # noise and discrepancy combine into one Student-t (or Gaussian) of scale sqrt(sigma^2 + scale^2)
+        sigma = np.concatenate([param_draws(view, ["sigma"])["sigma"][idx] for _, view, idx in mix.parts])
+        scale = np.sqrt(sigma[:, None] ** 2 + scale**2)
+    return np.exp(mu + discrepancy_draws(scale, rng, likelihood=cfg["likelihood"], nu=cfg["nu"]))
 
 
 def predict(

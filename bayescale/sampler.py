@@ -67,6 +67,7 @@ class SamplerKey:
     target_accept: float
     max_tree_depth: int
     dense_mass: bool
+    batched: bool = False  # each chain fits its own table (simulation-based calibration), one chain each
 
 
 @dataclass
@@ -128,10 +129,11 @@ class CompiledNUTS:
             return post, div, steps, (last.z["u"], adapt.inverse_mass_matrix, adapt.step_size)
 
         self._k = len(SAMPLING_COORDS[key.law])
+        data_axis = 0 if key.batched else None
         if self.method == "parallel":
-            self._run = jax.pmap(one_chain, in_axes=(0, None, 0))
+            self._run = jax.pmap(one_chain, in_axes=(0, data_axis, 0))
         else:
-            self._run = jax.jit(jax.vmap(one_chain, in_axes=(0, None, 0)))
+            self._run = jax.jit(jax.vmap(one_chain, in_axes=(0, data_axis, 0)))
 
     def run(
         self,
@@ -147,11 +149,16 @@ class CompiledNUTS:
         """Sample the posterior given runs padded to ``key.size`` (``mask`` marks the real ones).
 
         Chains start at their priors' medians (jittered), with a unit mass matrix and step size 1,
-        unless ``warm_start`` gives where to start.
+        unless ``warm_start`` gives where to start. For a ``batched`` key every argument but
+        ``pivots`` and ``prior_values`` has a leading axis of length ``chains``: chain ``i`` fits
+        table ``i`` (with the same priors and pivots).
         """
         args = (jnp.asarray(log_N), jnp.asarray(log_D), jnp.asarray(log_loss), jnp.asarray(mask),
                 jnp.asarray(pivots, dtype=float), {k: jnp.asarray(v, dtype=float) for k, v in prior_values.items()})
         c, k = self.key.chains, self._k
+        if self.key.batched:
+            args = (*args[:4], jnp.broadcast_to(args[4], (c, 2)),
+                    {name: jnp.broadcast_to(v, (c, *v.shape)) for name, v in args[5].items()})
         if warm_start is None:
             start = (np.zeros(c, bool), np.zeros((c, k)), np.broadcast_to(np.eye(k), (c, k, k)), np.ones(c))
         else:

@@ -146,7 +146,8 @@ def pool(per_set: dict[str, dict[str, dict[str, np.ndarray]]], names: list[str])
     return out
 
 
-def verdicts(tables: dict[str, dict[str, dict[str, float]]], pooled: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+def verdicts(tables: dict[str, dict[str, dict[str, float]]],
+             pooled: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     """Issue 8's acceptance rules, each with the measured figure."""
     out = []
     for t, s in tables.items():
@@ -160,7 +161,8 @@ def verdicts(tables: dict[str, dict[str, dict[str, float]]], pooled: dict[str, d
         if covering:
             lim = 1.5 * min(covering)
             out.append({"rule": f"{t}: mean 90% width <= 1.5 x narrowest other method covering >= 85% "
-                        f"({min(covering):.2f}% -> {lim:.2f}%)", "value": d["width90_pct"], "ok": d["width90_pct"] <= lim})
+                        f"({min(covering):.2f}% -> {lim:.2f}%)", "value": d["width90_pct"],
+                        "ok": d["width90_pct"] <= lim})
         else:
             out.append({"rule": f"{t}: mean 90% width (no other method covers >= 85%: no bound)",
                         "value": d["width90_pct"], "ok": True})

@@ -15,7 +15,8 @@ pytest.importorskip("matplotlib")
 
 @pytest.fixture(scope="module")
 def small_fit(chinchilla_runs, tmp_path_factory):
-    """A quick (2 x 200) fit of the Chinchilla data, saved so the CLI can read it."""
+    """A quick (2 x 200) default fit (the law family, averaged) of the Chinchilla data, saved so the
+    CLI can read it."""
     import bayescale as bs
 
     idata = bs.fit(chinchilla_runs, bs.FitConfig(chains=2, warmup=200, draws=200), quiet=True)
@@ -151,10 +152,13 @@ def test_slices_pairs_trace_ppc(small_fit):
     fig = plots.plot_slices(idata, n_slices=3)
     for ax in fig.axes:
         assert len(_bands(ax)) == 3 and _points(ax) > 0 and ax.get_xscale() == "log"
-    fig = plots.plot_pairs(idata)
+    fig = plots.plot_pairs(idata, law="chinchilla")
     visible = [a for a in fig.axes if a.get_visible()]
     assert len(visible) == 15 and any("prior" in t.get_text() for t in fig.legends[0].get_texts())
-    fig = plots.plot_trace(idata)
+    assert "chinchilla law" in fig.texts[-1].get_text() if fig.texts else True
+    fig = plots.plot_pairs(idata, law="shared")
+    assert len([a for a in fig.axes if a.get_visible()]) == 10  # E, A, B, alpha
+    fig = plots.plot_trace(idata, law="kaplan")
     assert len(fig.axes) == 2 * 6
     fig = plots.plot_ppc(idata)
     n = idata.constant_data["N"].size
@@ -167,14 +171,17 @@ def test_plot_cli_writes_every_figure(small_fit, tmp_path, capsys):
     import json
 
     from bayescale.cli import main
-    from bayescale.plots import FIGURES
+    from bayescale.plots import FIGURES, PER_LAW
 
     _, path = small_fit
     assert (
         main(["plot", str(path), "--out", str(tmp_path / "figs"), "--format", "svg", "--json"]) == 0
     )
     out = json.loads(capsys.readouterr().out)
-    assert [os.path.basename(p) for p in out["figures"]] == [f"{n}.svg" for n in FIGURES]
+    laws = ("chinchilla", "kaplan", "shared")
+    want = [f"{n}-{law}.svg" for n in FIGURES if n in PER_LAW for law in laws]
+    want = [f"{n}.svg" for n in FIGURES if n not in PER_LAW] + want
+    assert sorted(os.path.basename(p) for p in out["figures"]) == sorted(want)
     assert all(os.path.getsize(p) > 1000 for p in out["figures"])
 
 
@@ -201,9 +208,14 @@ def test_compare_table_and_mismatch(small_fit, chinchilla_runs, tmp_path, capsys
     kpath = bs.save_posterior(kap, tmp_path / "kaplan.nc")
     assert main(["compare", str(path), str(kpath), "--out", str(tmp_path), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert {r["model"] for r in res["table"]} == {"chinchilla", "kaplan"}
-    assert res["table"][0]["elpd_diff"] == 0.0 and res["table"][1]["elpd_diff"] >= 0
+    # the averaged file enters as its three laws, beside the one-law fit
+    rows = {r["model"]: r for r in res["table"]}
+    assert set(rows) == {"chinchilla:chinchilla", "chinchilla:kaplan", "chinchilla:shared", "kaplan"}
+    assert res["table"][0]["elpd_diff"] == 0.0 and all(r["elpd_diff"] >= 0 for r in res["table"])
     assert all(r["pareto_k_bad"] >= 0 and r["se"] > 0 for r in res["table"])
+    assert rows["kaplan"]["lfo_weight"] is None and rows["chinchilla:kaplan"]["lfo_weight"] > 0
+    # the two Kaplan-law fits of the same data score alike
+    assert abs(rows["kaplan"]["elpd_loo"] - rows["chinchilla:kaplan"]["elpd_loo"]) < 3
     assert os.path.getsize(res["figure"]) > 1000
     # a fit of other data cannot be compared by LOO
     other = bs.fit(
@@ -225,20 +237,26 @@ def report_html(small_fit, tmp_path_factory):
 
 
 def test_report_is_self_contained(report_html, small_fit):
-    from bayescale.plots import FIGURES
+    from bayescale.plots import figure_jobs
 
     page = report_html.read_text()
-    assert len(re.findall(r"<img [^>]*src='data:image/png;base64,", page)) == len(FIGURES)
+    assert len(re.findall(r"<img [^>]*src='data:image/png;base64,", page)) == len(figure_jobs(small_fit[0]))
     assert "http://" not in page and "https://" not in page  # nothing to fetch
     for word in (
         "Data",
         "Parameters",
         "Diagnostics",
         "Compute-optimal allocation",
-        "alpha",
-        "extrapolated",
+        "Laws and weights",
+        "alpha_N",
+        "beyond the runs",
     ):
         assert word in page
+    # the allocation rows beyond the largest run are marked as such, the others not
+    rows = re.findall(r"<tr( class='check')?><td>([0-9.e]+)( ⚠)?</td>", page)
+    assert rows and all(bool(cls) == bool(mark) for cls, _, mark in rows)
+    c_max = float(small_fit[0].constant_data["C"].max())
+    assert all(bool(mark) == (float(c) > c_max) for _, c, mark in rows if float(c) >= 1.4e18)
     assert re.search(r"id='verdict' class='(ok|check)'", page)
 
 
