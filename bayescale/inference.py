@@ -239,7 +239,7 @@ def fit(
 def report_diagnostics(idata: az.InferenceData, seconds: float, quiet: bool) -> None:
     """Say on stderr how sampling went, with the diagnostics' advice."""
     diag = diagnostics(idata)
-    _log(f"sampled in {seconds:.1f} s; max R-hat {diag['max_r_hat']:.4f}, "
+    _log(f"done in {seconds:.1f} s; max R-hat {diag['max_r_hat']:.4f}, "
          f"min bulk ESS {diag['min_ess_bulk']:.0f}, min tail ESS {diag['min_ess_tail']:.0f}, "
          f"{diag['divergences']} divergences, max tree depth {diag['max_tree_depth']}", quiet)
     for w in diag["warnings"]:

@@ -282,7 +282,7 @@ th, td { padding: 0.2em 0.7em; border-bottom: 1px solid #ddd; text-align: right;
 th:first-child, td:first-child { text-align: left; }
 .ok { color: #009E73; font-weight: bold; } .check { color: #D55E00; font-weight: bold; }
 tr.check td { font-weight: normal; }
-td.note { white-space: normal; text-align: left; min-width: 9em; font-size: 0.85em; }
+td.note { white-space: normal; text-align: left; min-width: 6em; font-size: 0.8em; }
 code { word-break: break-all; }
 """
 
@@ -414,7 +414,7 @@ def build_report(idata: Any, *, model_name: str = "model") -> str:
         mark = " ⚠" if x["extrapolating"] else ""
         rows.append([g3(r["compute"]) + mark, iv(r["N_opt"]), iv(r["D_opt"]), iv(r["loss"]),
                      iv(r["tokens_per_param"]), _flags(x, short=True)])
-    parts.append(_html_table(["C (FLOP)", "N*", "D*", "loss*", "tokens/param", "beyond the runs?"], rows,
+    parts.append(_html_table(["C (FLOP)", "N*", "D*", "loss*", "tokens/param", "beyond?"], rows,
                              row_class=["check" if r["extrapolation"]["extrapolating"] else "" for r in alloc],
                              notes=(5,)))
     # figures

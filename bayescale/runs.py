@@ -285,6 +285,9 @@ def _load_dir(path: Path, skip_invalid: bool, report: LoadReport) -> pd.DataFram
             continue
         row = {k: v for k, v in rec.items() if not isinstance(v, (dict, list))}
         row["path"] = str(f.parent)
+        corpus = _corpus_tokens(rec)
+        if corpus is not None:
+            row["corpus_tokens"] = corpus
         rows.append(row)
     if problems and not skip_invalid:
         raise InputErrors(problems)
@@ -300,6 +303,15 @@ def _load_dir(path: Path, skip_invalid: bool, report: LoadReport) -> pd.DataFram
         df["group"] = "all"
     df["group"] = df["group"].fillna("all").astype(str)
     return _order(df)
+
+
+def _corpus_tokens(rec: Mapping[str, Any]) -> float | None:
+    """Training tokens of the corpus a run drew from (``config.data.train_tokens``, as the trainer
+    records it), or None: where D* would exceed it, a compute-optimal answer needs more data than
+    there is (``optimal`` says so)."""
+    cfg = rec.get("config")
+    data = cfg.get("data") if isinstance(cfg, Mapping) else None
+    return _positive(data.get("train_tokens")) if isinstance(data, Mapping) else None
 
 
 def _validate_table(df: pd.DataFrame, file: str, skip_invalid: bool, report: LoadReport) -> pd.DataFrame:

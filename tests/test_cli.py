@@ -58,8 +58,8 @@ def test_fit_summary_optimal_predict_json(fitted, capsys):
     assert summ["params"]["alpha"]["q50"] == pytest.approx(fit["params"]["alpha"]["q50"])
 
     # a refit to the same --out replaces a bayescale posterior (that is what refitting means)
-    assert main(["fit", str(src), "--chains", "1", "--warmup", "50", "--draws", "50", "--out", str(out),
-                 "--json"]) == 0
+    assert main(["fit", str(src), "--law", "chinchilla", "--chains", "1", "--warmup", "50", "--draws", "50",
+                 "--out", str(out), "--json"]) == 0
     capsys.readouterr()
 
 

@@ -143,7 +143,7 @@ def test_prior_overrides_of_an_averaged_fit_go_to_the_laws_that_have_the_site():
 
 def test_diagnostics_warn_on_short_chains():
     runs = bs.load_runs(simulate("chinchilla", TRUE_CHINCHILLA, 40, 0.02, 9))
-    idata = bs.fit(runs, bs.FitConfig(chains=2, warmup=30, draws=30), quiet=True)
+    idata = bs.fit(runs, bs.FitConfig(law="chinchilla", chains=2, warmup=30, draws=30), quiet=True)
     w = bs.diagnostics(idata)["warnings"]
     assert any("effective sample size" in x for x in w)
 

@@ -219,7 +219,7 @@ def test_compare_table_and_mismatch(small_fit, chinchilla_runs, tmp_path, capsys
     assert os.path.getsize(res["figure"]) > 1000
     # a fit of other data cannot be compared by LOO
     other = bs.fit(
-        chinchilla_runs.iloc[:100], bs.FitConfig(chains=1, warmup=50, draws=50), quiet=True
+        chinchilla_runs.iloc[:100], bs.FitConfig(law="chinchilla", chains=1, warmup=50, draws=50), quiet=True
     )
     opath = bs.save_posterior(other, tmp_path / "other.nc")
     assert main(["compare", str(path), str(opath)]) == 2
@@ -265,7 +265,7 @@ CHROMIUM = shutil.which("chromium") or (
 )
 
 
-def test_report_renders_in_chromium(report_html, tmp_path):
+def test_report_renders_in_chromium(report_html, small_fit, tmp_path):
     """Every image decodes and nothing overflows the page width, in a real browser."""
     if CHROMIUM is None:
         # .ci/run installs chromium and sets this, so CI can never skip the browser test silently
@@ -305,8 +305,8 @@ def test_report_renders_in_chromium(report_html, tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     m = re.search(r"IMAGES=(\d+) BAD=(\d+) OVERFLOW=(\w+)", res.stdout)
     assert m, f"probe not found; chromium stderr: {res.stderr[-2000:]}"
-    from bayescale.plots import FIGURES
+    from bayescale.plots import figure_jobs
 
-    assert int(m.group(1)) == len(FIGURES)
+    assert int(m.group(1)) == len(figure_jobs(small_fit[0]))
     assert int(m.group(2)) == 0
     assert m.group(3) == "false"

@@ -50,3 +50,13 @@ def test_readme_main_job_on_the_study(tmp_path, capsys):
     assert fit["divergences"] == 0
     a = fit["compute_optimal"]["a"]
     assert a["q95"] - a["q05"] < 0.3, a
+    assert fit["law"] == "averaged" and all(d["max_r_hat"] <= 1.01 for d in fit["diagnostics"]["per_law"].values())
+    # the README's second half: the allocation beyond the study, every row flagged as such
+    assert main(["optimal", str(out), "--compute", "1e13", "1e14", "1e15", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["optimal"]
+    c_max = max(r["C"] for r in bs.load_runs(str(RUNS)).to_dict("records"))
+    for r in rows:
+        x = r["extrapolation"]
+        assert x["extrapolating"] and x["compute_ratio"] == pytest.approx(r["compute"] / c_max)
+        assert x["beyond_corpus"] == (r["D_opt"]["q50"] > 4080451)  # the runs record their 4.08M-token corpus
+    assert rows[-1]["extrapolation"]["beyond_corpus"]
