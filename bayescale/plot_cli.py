@@ -178,16 +178,7 @@ def plot_compare(models: dict[str, Any], *, extrapolate_decades: float = 2.0) ->
     """Overlay of the frontiers ``L*(C)`` and allocations ``N*(C)`` of several posteriors."""
     import numpy as np
 
-    from .plots import (
-        LABEL_C,
-        LABEL_LOSS,
-        OKABE_ITO,
-        _bands,
-        _figure,
-        _logspace,
-        _loss_axis,
-        _observed,
-    )
+    from .plots import OKABE_ITO, _bands, _figure, _logspace, _observed, dress_frontier_pair
     from .posterior import optimal_draws
 
     models, _ = expand_laws(models)
@@ -204,18 +195,9 @@ def plot_compare(models: dict[str, Any], *, extrapolate_decades: float = 2.0) ->
         label = name if law in name else f"{name} ({law} law)"
         _bands(axes[0, 0], grid, dr["loss"], color=c, label=label, band_label=i == 0)
         _bands(axes[0, 1], grid, dr["N_opt"], color=c, label=label, band_label=i == 0)
+    dress_frontier_pair(axes, C_all.max(), loss_title="compute-optimal frontier")
     for ax in axes[0]:
-        ax.axvline(C_all.max(), color="0.35", ls=":", lw=1.0, label="largest observed budget")
-        ax.set_xscale("log")
-        ax.set_xlabel(LABEL_C)
-        ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=8)
-    _loss_axis(axes[0, 0])
-    axes[0, 0].set_ylabel("L*(C), " + LABEL_LOSS)
-    axes[0, 0].set_title("compute-optimal frontier", fontsize=10)
-    axes[0, 1].set_yscale("log")
-    axes[0, 1].set_ylabel("N*, optimal parameters")
-    axes[0, 1].set_title("compute-optimal model size", fontsize=10)
     fig.suptitle("Comparison of fits: " + ", ".join(models), fontsize=11)
     return fig
 

@@ -858,6 +858,22 @@ def plot_ppc(idata: Any, *, seed: int = 0) -> Figure:
 # --------------------------------------------------------------------------------------------
 # all at once
 
+def dress_frontier_pair(axes: Any, c_max: float, *, loss_title: str) -> None:
+    """Axes of a side-by-side ``L*(C)`` and ``N*(C)`` figure: log C, the largest observed budget,
+    labels and titles (the laws figure and ``compare``'s overlay)."""
+    for ax in axes[0]:
+        ax.axvline(c_max, color="0.35", ls=":", lw=1.0, label="largest observed budget")
+        ax.set_xscale("log")
+        ax.set_xlabel(LABEL_C)
+        ax.grid(True, which="major", alpha=0.3)
+    _loss_axis(axes[0, 0])
+    axes[0, 0].set_ylabel("L*(C), " + LABEL_LOSS)
+    axes[0, 0].set_title(loss_title, fontsize=10)
+    axes[0, 1].set_yscale("log")
+    axes[0, 1].set_ylabel("N*, optimal parameters")
+    axes[0, 1].set_title("compute-optimal model size", fontsize=10)
+
+
 def plot_laws(idata: Any, *, extrapolate_decades: float = 2.0, n_budgets: int = 60) -> Figure:
     """An averaged posterior's laws side by side: each law's frontier ``L*(C)`` and ``N*(C)`` with
     its 90% band, and the weighted mixture (what the other figures and commands use) over them.
@@ -884,22 +900,12 @@ def plot_laws(idata: Any, *, extrapolate_decades: float = 2.0, n_budgets: int = 
                    inner=False, alpha=0.15, lw=1.4, band_label=False)
     mix = optimal_draws(idata, grid)
     for ax, key in zip(axes[0], ("loss", "N_opt"), strict=True):
-        _bands(ax, grid, mix[key], color="black", label="weighted mixture, with discrepancy", inner=False,
-               alpha=0.0, lw=2.0, band_label=False)
         q = _quantiles(mix[key])
+        ax.plot(grid, q["q50"], color="black", lw=2.0, label="weighted mixture, with discrepancy", gid="median")
         for b in ("q05", "q95"):
-            ax.plot(grid, q[b], color="black", lw=1.0, ls="--", gid="mixture90")
-        ax.plot([], [], color="black", lw=1.0, ls="--", label="mixture 90% band")
-        ax.axvline(c_max, color="0.35", ls=":", lw=1.0, label="largest observed budget")
-        ax.set_xscale("log")
-        ax.set_xlabel(LABEL_C)
-        ax.grid(True, which="major", alpha=0.3)
-    _loss_axis(axes[0, 0])
-    axes[0, 0].set_ylabel("L*(C), " + LABEL_LOSS)
-    axes[0, 0].set_title("compute-optimal loss", fontsize=10)
-    axes[0, 1].set_yscale("log")
-    axes[0, 1].set_ylabel("N*, optimal parameters")
-    axes[0, 1].set_title("compute-optimal model size", fontsize=10)
+            ax.plot(grid, q[b], color="black", lw=1.0, ls="--", gid="mixture90",
+                    label="mixture 90% band" if b == "q05" else None)
+    dress_frontier_pair(axes, c_max, loss_title="compute-optimal loss")
     axes[0, 1].legend(fontsize=8, loc="upper left")
     fig.suptitle(_title(idata, "The laws and their mixture"), fontsize=11)
     return fig
