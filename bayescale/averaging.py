@@ -226,9 +226,10 @@ def _log_density(y: jax.Array, mu: jax.Array, sigma: jax.Array, scales: jax.Arra
     return jax.lax.map(one, scales)
 
 
-def discrepancy_draws(scale: np.ndarray, rng: np.random.Generator, *, likelihood: str, nu: float) -> np.ndarray:
-    """Draws of the discrepancy alone (the error of the law's mean) with these scales: Student-t
-    (or Gaussian) like the noise, see :func:`pointwise_log_density`."""
+def noise_draws(scale: np.ndarray, rng: np.random.Generator, *, likelihood: str, nu: float) -> np.ndarray:
+    """Errors on log loss with these scales, of the likelihood's shape: Student-t with ``nu``
+    degrees of freedom, or Gaussian. The observation noise, the discrepancy alone (the error of
+    the law's mean) and the two combined (see :func:`pointwise_log_density`) are all drawn so."""
     z = rng.standard_t(nu, size=np.shape(scale)) if likelihood == "student_t" else rng.standard_normal(np.shape(scale))
     return np.asarray(scale) * z
 
@@ -327,7 +328,7 @@ def forward_folds(runs: Any, law: str, config: Any, rng_key: Any, *, quiet: bool
     """
     import jax
 
-    from .inference import pointwise_log_lik, sample_law
+    from .inference import log_mean_draws, pointwise_log_lik, sample_law
     from .models import Anchors, resolve_priors
 
     N, D, y, C = (runs[c].to_numpy(float) for c in ("N", "D", "loss", "C"))
@@ -354,7 +355,7 @@ def forward_folds(runs: Any, law: str, config: Any, rng_key: Any, *, quiet: bool
             flat = {s: v.reshape(-1, *v.shape[2:]) for s, v in draws.samples.items()}
             ref, lw = (m, flat, anchors), None
         fut = np.flatnonzero(~m)
-        mu = log_mean_draws(law, ref[1], lN[fut], lD[fut], ref[2])
+        mu = log_mean_draws(law, ref[1], lN[fut], lD[fut], ref[2])  # (S, n)
         d = extrapolation_distance(N[fut], D[fut], DataRange.of(N[m], D[m], C[m]), C[fut])
         folds.append(Fold(float(c), int(m.sum()), fut, mu, ref[1]["sigma"], d, lw, method, khat))
         if not quiet:
@@ -362,19 +363,6 @@ def forward_folds(runs: Any, law: str, config: Any, rng_key: Any, *, quiet: bool
             print(f"  {law}: cut at C = {c:.3g}: {m.sum()} runs fitted, {len(fut)} scored ({how})",
                   file=sys.stderr, flush=True)
     return cuts, folds
-
-
-def log_mean_draws(law: str, samples: dict[str, np.ndarray], log_N: np.ndarray, log_D: np.ndarray,
-                   anchors: Any) -> np.ndarray:
-    """The law's log-mean loss per (flattened) draw and point, shape ``(S, n)``."""
-    import jax.numpy as jnp
-
-    from .models import SAMPLED_SITES, log_mean
-
-    th = {k: jnp.asarray(samples[k]).reshape(-1)[:, None] for k in SAMPLED_SITES[law]}
-    n = jnp.asarray(log_N) - anchors.log_N0
-    d = jnp.asarray(log_D) - anchors.log_D0
-    return np.asarray(log_mean(law, th, n, d))
 
 
 #: draws of a forward fit used to score it (thinned evenly): the Monte Carlo error of a log

@@ -26,7 +26,7 @@ import numpy as np
 
 from . import _jax  # noqa: F401
 from .laws import OPTIMAL_N, PARAM_NAMES
-from .models import SAMPLED_SITES, Anchors, log_mean, prior_forms
+from .models import Anchors, prior_forms
 
 #: refit settings per replicate: one chain, this warm-up and these draws, thinned to RANK_DRAWS
 SBC_WARMUP = 300
@@ -87,7 +87,8 @@ def sbc_law(
     ``fit_priors`` (default: ``priors``) are the priors the refits use; giving others than the
     simulation's shows what a miscalibrated posterior looks like (the tests do).
     """
-    from .inference import FitConfig, prior_draws
+    from .averaging import noise_draws
+    from .inference import FitConfig, log_mean_draws, prior_draws
     from .sampler import SamplerKey, bucket, compiled, pad
 
     t0 = time.perf_counter()
@@ -105,10 +106,8 @@ def sbc_law(
     names = [*PARAM_NAMES[law], "sigma"]
     log_nopt = np.log(np.asarray(OPTIMAL_N[law]({k: truth[k] for k in PARAM_NAMES[law]}, compute)))
     # simulated log losses: the law's mean at the design, plus the likelihood's noise
-    th = {k: truth[k][:, None] for k in SAMPLED_SITES[law]}
-    mu = np.asarray(log_mean(law, th, np.log(N)[None, :] - anchors.log_N0, np.log(D)[None, :] - anchors.log_D0))
-    eps = rng.standard_t(nu, size=mu.shape) if likelihood == "student_t" else rng.standard_normal(mu.shape)
-    y = mu + truth["sigma"][:, None] * eps
+    mu = log_mean_draws(law, truth, np.log(N), np.log(D), anchors)
+    y = mu + noise_draws(np.broadcast_to(truth["sigma"][:, None], mu.shape), rng, likelihood=likelihood, nu=nu)
     thin = np.linspace(0, SBC_DRAWS - 1, RANK_DRAWS).round().astype(int)
     ranks = {k: np.zeros(replicates, int) for k in [*names, "log_N_opt"]}
     inside = {k: np.zeros(replicates, bool) for k in ranks}

@@ -382,7 +382,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .check import plot_ranks, sbc
+    from .check import COVER_RANGE, P_MIN, RANK_DRAWS, plot_ranks, sbc
     from .store import load_posterior
 
     idata = load_posterior(args.model)
@@ -396,8 +396,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     _log(args, f"simulation-based calibration of {args.model}: {args.sbc} replicates per law at its "
                f"{int(idata.constant_data['N'].size)} runs")
     checks = sbc(idata, replicates=args.sbc, compute=args.compute, laws=args.law, seed=args.seed, progress=progress)
-    out = Path(args.out) if args.out else Path(args.model).with_suffix("")
-    out = Path(str(out) + "-check") if not args.out else out
+    out = Path(args.out) if args.out else Path(str(Path(args.model).with_suffix("")) + "-check")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -415,12 +414,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(_table([[k, f"{q['chi2']:.1f}", f"{q['p']:.3f}", f"{q['coverage90']:.3f}", "ok" if q["ok"] else "NO"]
                       for k, q in v["quantities"].items()], ["quantity", "chi2", "p (uniform ranks)", "90% cover",
                                                              ""]))
-    print(f"(ranks of the truth among {RANK_TEXT} posterior draws; ok: p > 0.01 and 90% coverage in [0.85, 0.95])")
+    print(f"(ranks of the truth among {RANK_DRAWS} thinned posterior draws; ok: p > {P_MIN} and 90% coverage in "
+          f"[{COVER_RANGE[0]}, {COVER_RANGE[1]}])")
     print(f"figure: {fig_path}\nverdict: {res['verdict']}")
     return 0
 
-
-RANK_TEXT = "99 thinned"
 
 
 # --------------------------------------------------------------------------------------------

@@ -295,10 +295,22 @@ def pointwise_log_lik(
                                jnp.asarray(log_loss), law=law, likelihood=likelihood, nu=float(nu)))
 
 
+def log_mean_draws(law: str, samples: dict[str, np.ndarray], log_N: np.ndarray, log_D: np.ndarray,
+                   anchors: Anchors) -> np.ndarray:
+    """The law's log-mean loss under every draw at every run, shape ``(*draw_shape, runs)``."""
+    th = {k: jnp.asarray(samples[k]) for k in SAMPLED_SITES[law]}
+    return np.asarray(_log_mean(th, jnp.asarray(log_N) - anchors.log_N0, jnp.asarray(log_D) - anchors.log_D0,
+                                law=law))
+
+
+@partial(jax.jit, static_argnames=("law",))
+def _log_mean(th: dict, n: jax.Array, d: jax.Array, *, law: str) -> jax.Array:
+    return log_mean(law, {k: v[..., None] for k, v in th.items()}, n, d)
+
+
 @partial(jax.jit, static_argnames=("law", "likelihood", "nu"))
 def _log_lik(th: dict, n: jax.Array, d: jax.Array, y: jax.Array, *, law: str, likelihood: str, nu: float) -> jax.Array:
-    th = {k: v[..., None] for k, v in th.items()}
-    return noise_log_prob(likelihood, nu, y, log_mean(law, th, n, d), th["sigma"])
+    return noise_log_prob(likelihood, nu, y, _log_mean(th, n, d, law=law), th["sigma"][..., None])
 
 
 def prior_draws(law: str, anchors: Anchors, priors: dict[str, str], n: int, key: Any) -> dict[str, np.ndarray]:

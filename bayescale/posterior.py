@@ -24,13 +24,12 @@ import numpy as np
 
 from . import _jax  # noqa: F401
 from ._arviz import az
-from .averaging import DataRange, discrepancy_draws, extrapolation_distance, mixture_counts
+from .averaging import DataRange, extrapolation_distance, mixture_counts, noise_draws
 from .errors import InputError
 from .laws import EXPONENTS, PARAM_NAMES, broadcast_draws, compute_optimal, loss
 from .store import AVERAGED, law_view, laws_of, metadata, weights_of
 
 QUANTILES = (0.05, 0.5, 0.95)
-FLOP_PER_PARAM_TOKEN = 6.0
 
 
 def summarize(x: Any) -> dict[str, float]:
@@ -54,6 +53,8 @@ class Mixture:
     data: DataRange  # what the runs covered
     C_max: float
     corpus_tokens: float | None
+    likelihood: str  # the fit's noise model, which the discrepancy shares
+    nu: float
 
     @property
     def size(self) -> int:
@@ -68,10 +69,11 @@ def mixture(idata: az.InferenceData) -> Mixture:
     cd = idata.constant_data
     N, D, C = (np.asarray(cd[k].values, float) for k in ("N", "D", "C"))
     data = DataRange.of(N, D, C)
-    corpus = meta.get("corpus_tokens")
+    cfg = meta["config"]
+    common = (data, float(C.max()), meta.get("corpus_tokens"), cfg["likelihood"], float(cfg["nu"]))
     if meta["law"] != AVERAGED:
         S = idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]
-        return Mixture([(meta["law"], idata, np.arange(S))], None, data, float(C.max()), corpus)
+        return Mixture([(meta["law"], idata, np.arange(S))], None, *common)
     laws = laws_of(idata)
     w = weights_of(idata)
     S = idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]
@@ -79,7 +81,7 @@ def mixture(idata: az.InferenceData) -> Mixture:
     parts = [(law, law_view(idata, law), np.linspace(0, S - 1, n).round().astype(int))
              for law, n in zip(laws, counts, strict=True) if n > 0]
     rate = np.asarray(idata.posterior["discrepancy_rate"].values, float).reshape(-1)
-    return Mixture(parts, rate, data, float(C.max()), corpus)
+    return Mixture(parts, rate, *common)
 
 
 def param_draws(idata: az.InferenceData, names: Sequence[str] | None = None, *, law: str | None = None
@@ -132,8 +134,10 @@ def optimal_draws(idata: az.InferenceData, compute: float | Iterable[float], *, 
     ``loss`` is the law's loss at the optimum, with the model discrepancy at the optimum's
     distance beyond the runs (averaged fits), without observation noise.
     """
-    C = _positive_array(compute, "--compute")
-    mix = mixture(idata)
+    return _optimal_draws(mixture(idata), _positive_array(compute, "--compute"), seed)
+
+
+def _optimal_draws(mix: Mixture, C: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     parts: dict[str, list[np.ndarray]] = {"N_opt": [], "D_opt": [], "loss": []}
     for law, view, idx in mix.parts:
         out = compute_optimal(law, broadcast_draws(_law_params(view, law, idx)), jnp.asarray(C)[None, :])
@@ -141,9 +145,8 @@ def optimal_draws(idata: az.InferenceData, compute: float | Iterable[float], *, 
             parts[k].append(np.asarray(out[k]))
     dr = {k: np.concatenate(v) for k, v in parts.items()}
     d = extrapolation_distance(dr["N_opt"], dr["D_opt"], mix.data, np.broadcast_to(C, dr["N_opt"].shape))
-    cfg = metadata(idata)["config"]
-    dr["loss"] = dr["loss"] * np.exp(discrepancy_draws(_discrepancy_scale(mix, d), np.random.default_rng(seed),
-                                                       likelihood=cfg["likelihood"], nu=cfg["nu"]))
+    dr["loss"] = dr["loss"] * np.exp(noise_draws(_discrepancy_scale(mix, d), np.random.default_rng(seed),
+                                                 likelihood=mix.likelihood, nu=mix.nu))
     dr["tokens_per_param"] = dr["D_opt"] / dr["N_opt"]
     dr["distance"] = d
     return dr
@@ -194,8 +197,8 @@ def optimal(idata: az.InferenceData, compute: float | Iterable[float]) -> list[d
         (any of these).
     """
     C = _positive_array(compute, "--compute")
-    dr = optimal_draws(idata, C)
     mix = mixture(idata)
+    dr = _optimal_draws(mix, C, 0)
     rows = []
     for j, c in enumerate(C):
         row: dict[str, Any] = {"compute": float(c)}
@@ -223,17 +226,19 @@ def predict_draws(
     compute as a table records it (``6ND`` when not given), used for that distance.
     """
     N, D = _paired(N, D)
-    Cs = None if C is None else _positive_array(C, "C")
-    mix = mixture(idata)
+    return _predict_draws(mixture(idata), N, D, None if C is None else _positive_array(C, "C"), noise, seed)
+
+
+def _predict_draws(mix: Mixture, N: np.ndarray, D: np.ndarray, C: np.ndarray | None, noise: bool,
+                   seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    cfg = metadata(idata)["config"]
     mu = np.concatenate([np.log(np.asarray(loss(law, broadcast_draws(_law_params(view, law, idx)), N[None, :],
                                                 D[None, :]))) for law, view, idx in mix.parts])
-    scale = _discrepancy_scale(mix, extrapolation_distance(N, D, mix.data, Cs))
+    scale = _discrepancy_scale(mix, extrapolation_distance(N, D, mix.data, C))
     if noise:  # noise and discrepancy combine into one Student-t (or Gaussian) of scale sqrt(sigma^2 + scale^2)
         sigma = np.concatenate([param_draws(view, ["sigma"])["sigma"][idx] for _, view, idx in mix.parts])
         scale = np.sqrt(sigma[:, None] ** 2 + scale**2)
-    return np.exp(mu + discrepancy_draws(scale, rng, likelihood=cfg["likelihood"], nu=cfg["nu"]))
+    return np.exp(mu + noise_draws(scale, rng, likelihood=mix.likelihood, nu=mix.nu))
 
 
 def predict(
@@ -248,9 +253,10 @@ def predict(
     """Posterior predictive summaries of the loss at each ``(N, D)`` pair, with quartiles and the
     row's ``extrapolation`` (as in :func:`optimal`, for the point itself)."""
     N, D = _paired(N, D)
-    Cs = 6.0 * N * D if C is None else _positive_array(C, "C")
-    dr = predict_draws(idata, N, D, C=C, noise=noise, seed=seed)
+    given = None if C is None else _positive_array(C, "C")
     mix = mixture(idata)
+    dr = _predict_draws(mix, N, D, given, noise, seed)
+    Cs = 6.0 * N * D if given is None else given
     d = extrapolation_distance(N, D, mix.data, Cs)
     rows = []
     for j, (n, dd) in enumerate(zip(N, D, strict=True)):
