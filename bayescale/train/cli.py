@@ -32,12 +32,14 @@ def add_commands(sub) -> None:
     g.add_argument("--lr", type=float, default=0.0, help="peak learning rate (0: rule)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--eval-tokens", type=int, default=32768)
-    g.add_argument("--eval-every", type=int, default=0)
+    g.add_argument("--eval-every", type=int, default=0,
+                   help="steps between held-out evaluations (0: about 5 per run); the last step is evaluated once")
     g.add_argument("--ckpt-seconds", type=float, default=180.0)
     g.add_argument("--ckpt-steps", type=int, default=0)
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    g.add_argument("--threads", type=int, default=0,
+                   help="CPU threads (0: torch default); bit-identical reruns need the same count")
     p.add_argument("--runs", default="runs", help="runs directory (default: runs)")
     p.add_argument("--run-id", default=None)
     p.add_argument("--json", action="store_true", help="print the run record as one JSON object")

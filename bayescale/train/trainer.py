@@ -17,6 +17,22 @@ Rules across sizes (used when ``batch_size`` / ``lr`` are left at 0):
 Data order: the training split is cut into disjoint ``context + 1`` windows, shuffled once by
 ``seed``; step ``i`` takes the next ``batch_size`` windows. No run sees a training token twice,
 and the batch at any step is a function of (seed, step) alone, so a resumed run is exact.
+
+Evaluation: on the fixed held-out set every ``eval_every`` steps and once after the last step.
+A scheduled evaluation less than half an interval before the last step is left to the final
+one (1953 steps at the default 390 used to evaluate at 1950 and again at 1953), so consecutive
+evaluations are between 0.5 and 1.5 intervals apart. The logged tok/s is training throughput:
+time spent evaluating is left out of it (and counted in the ETA and in ``wall_seconds``).
+
+Reproducibility: the same configuration and seed on the same machine, with the same torch build
+and the same CPU thread count (``threads``), gives bit-identical losses and curves, resumed or
+not. Across machines it does not: a different CPU kernel set (AVX2 vs AVX-512, another BLAS or
+oneDNN build), torch version or thread count changes the order of floating-point sums, and the
+losses then agree to about 1e-4 relative, not bitwise (the shipped ``l2-d64-h2-c64-t1e6-s0``
+run: 3.50377 on the machine that made it, 3.50383 re-run on another). CUDA runs (bf16
+autocast, TF32 matmuls, kernels that need not be deterministic) are not promised to be bitwise
+reproducible even on one GPU. ``env`` in ``run.json`` records the device, CPU kernel set, torch
+build and threads a run was made with.
 """
 
 from __future__ import annotations
@@ -25,6 +41,7 @@ import contextlib
 import csv
 import math
 import os
+import platform
 import signal
 import sys
 import time
@@ -59,12 +76,12 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm
     seed: int = 0  # init, data order and dropout
     eval_tokens: int = 32_768  # size of the fixed held-out set (targets)
-    eval_every: int = 0  # steps between evaluations; 0: about 5 per run (and at the end)
+    eval_every: int = 0  # steps between evaluations; 0: about 5 per run (always once at the end)
     ckpt_seconds: float = 180.0  # checkpoint at most this often (and on SIGTERM/SIGINT)
     ckpt_steps: int = 0  # also checkpoint every this many steps (0: off; used by tests)
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False  # torch.compile the model (CUDA)
-    threads: int = 0  # CPU threads for torch; 0: leave torch's default
+    threads: int = 0  # CPU threads for torch; 0: leave torch's default (bitwise results need the same count)
 
 
 def resolve_batch_size(tokens: int, context: int) -> int:
@@ -83,6 +100,25 @@ def lr_at(step: int, total: int, peak: float, warmup: int, min_frac: float) -> f
     span = max(1, total - 1 - warmup)
     p = min(1.0, (step - warmup) / span)
     return peak * (min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def eval_due(step: int, steps: int, every: int) -> bool:
+    """Evaluate after optimizer step ``step`` (1-based) of ``steps``, evaluating every ``every``?
+
+    Always after the last step; a scheduled evaluation less than half an interval before it is
+    skipped, so the final evaluation is never preceded by a near-duplicate a few steps earlier.
+    """
+    if step == steps:
+        return True
+    return step % every == 0 and 2 * (steps - step) >= every
+
+
+def evals_after(step: int, steps: int, every: int) -> int:
+    """How many evaluations :func:`eval_due` schedules after step ``step`` (the final one included)."""
+    if step >= steps:
+        return 0
+    last_scheduled = steps - (every + 1) // 2  # the latest s with 2 * (steps - s) >= every
+    return max(0, last_scheduled // every - step // every) + 1
 
 
 def format_tokens(n: float) -> str:
@@ -307,8 +343,11 @@ def _train_run(
         "data": {**corpus.info, "eval_tokens": int(ev_targets.size),
                  "order": "disjoint context+1 windows, shuffled by seed, each used once"},
     }
+    # what bitwise reproducibility depends on (see the module docstring)
     env = {"device": device.type, "torch": torch.__version__, "bayescale": __version__,
-           "threads": torch.get_num_threads(), "world_size": world}
+           "threads": torch.get_num_threads(), "world_size": world, "cpu": _cpu_kind()}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
     record: dict[str, Any] = {
         "schema": RUN_SCHEMA, "run_id": run_id, "status": "running", "group": corpus.name,
         "N": N, "N_total": N_total, "D": D, "C": fpt["6N"] * D, "C_full": fpt["full"] * D,
@@ -378,7 +417,7 @@ def _train_run(
 
     B_local = B // world
     last_ckpt = time.time()
-    t_log, tok_log = time.time(), 0
+    t_log, tok_log = time.time(), 0  # training time and tokens since the last log line
     train_loss_acc, n_acc = resumed_acc
     status, reason = "completed", None
     try:
@@ -414,19 +453,22 @@ def _train_run(
             n_acc += 1
             tok_log += B * T
             last = step == steps
-            if step % eval_every == 0 or last:
+            if eval_due(step, steps, eval_every):
                 # every rank evaluates the same held-out set on the same (synchronised) weights,
                 # so all of them hold the curve and agree on divergence; only rank 0 writes
+                t_eval = time.time()
+                dt = t_eval - t_log  # training time since the last log line, evaluation excluded
                 vl = evaluate()
+                eval_s = time.time() - t_eval
                 if not math.isfinite(vl):
                     status, reason = "diverged", f"non-finite held-out loss ({vl}) at step {step}"
                     break
                 curve.append([step, step * B * T, f"{lr:.6g}", f"{train_loss_acc / n_acc:.6f}",
                               f"{vl:.6f}"])
                 train_loss_acc, n_acc = 0.0, 0
-                dt = time.time() - t_log
-                tps = tok_log / max(dt, 1e-9)
-                eta = (steps - step) * B * T / max(tps, 1e-9)
+                tps = tok_log / max(dt, 1e-9)  # training throughput
+                eta = ((steps - step) * B * T / max(tps, 1e-9)
+                       + evals_after(step, steps, eval_every) * eval_s)
                 say(f"[{run_id}] step {step}/{steps} tokens {step * B * T:.3g} train {lv:.4f} "
                     f"val {vl:.4f} lr {lr:.3g} {tps:,.0f} tok/s ETA {eta:.0f}s")
                 t_log, tok_log = time.time(), 0
@@ -472,9 +514,19 @@ def _train_run(
 
 
 def _resume_key(train: dict[str, Any]) -> dict[str, Any]:
-    """The training settings a checkpoint must agree on (not device or checkpoint cadence)."""
+    """The training settings a checkpoint must agree on (not device or checkpoint cadence).
+
+    ``threads`` may change across a resume; the run is then valid but matches an uninterrupted
+    one only to float tolerance, not bitwise.
+    """
     skip = {"device", "ckpt_seconds", "ckpt_steps", "threads", "compile"}
     return {k: v for k, v in train.items() if k not in skip}
+
+
+def _cpu_kind() -> str:
+    """Architecture and the CPU kernel set torch dispatches to, e.g. ``x86_64 AVX512``."""
+    cap = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "?")()
+    return f"{platform.machine() or '?'} {cap}"
 
 
 def _main_thread() -> bool:
