@@ -23,6 +23,8 @@ _LAZY = {
     "optimal": "posterior",
     "predict": "posterior",
     "param_draws": "posterior",
+    "group_view": "store",
+    "groups_of": "store",
 }
 
 __all__ = [
@@ -31,6 +33,8 @@ __all__ = [
     "__version__",
     "diagnostics",
     "fit",
+    "group_view",
+    "groups_of",
     "load_posterior",
     "load_runs",
     "optimal",

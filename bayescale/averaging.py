@@ -195,7 +195,8 @@ def pointwise_log_density(
     y
         Observed log losses, shape ``(n,)``.
     mu, sigma
-        The law's log-mean per draw and point ``(S, n)`` and noise scale per draw ``(S,)``.
+        The law's log-mean per draw and point ``(S, n)`` and noise scale per draw ``(S,)`` (or
+        per draw and point ``(S, n)``: a grouped fit's noise, or measurement errors added).
     scale
         Discrepancy scale per point ``(n,)``, or ``(G, n)`` for G discrepancy scales at once
         (the result is then ``(G, n)``).
@@ -205,6 +206,8 @@ def pointwise_log_density(
     S = mu.shape[0]
     lw = np.full(S, -math.log(S)) if log_weights is None else np.asarray(log_weights, float)
     scale = np.asarray(scale, float)
+    sigma = np.asarray(sigma, float)
+    sigma = sigma if sigma.ndim == 2 else sigma[:, None]
     out = _log_density(jnp.asarray(y), jnp.asarray(mu), jnp.asarray(sigma), jnp.atleast_2d(scale), jnp.asarray(lw),
                        likelihood=likelihood, nu=float(nu))
     return np.asarray(out if scale.ndim == 2 else out[0])
@@ -214,7 +217,7 @@ def pointwise_log_density(
 def _log_density(y: jax.Array, mu: jax.Array, sigma: jax.Array, scales: jax.Array, lw: jax.Array, *,
                  likelihood: str, nu: float) -> jax.Array:
     def one(scale: jax.Array) -> jax.Array:  # (n,) -> (n,)
-        tot = jnp.sqrt(sigma[:, None] ** 2 + scale[None, :] ** 2)
+        tot = jnp.sqrt(sigma ** 2 + scale[None, :] ** 2)
         z = (y[None, :] - mu) / tot
         if likelihood == "gaussian":
             lp = -0.5 * z * z - 0.5 * math.log(2 * math.pi)
@@ -309,7 +312,7 @@ class Fold:
     n_fit: int
     future: np.ndarray  # indices of the runs scored (C >= cut)
     mu: np.ndarray  # (S, n) log-mean of the law per draw at the scored runs
-    sigma: np.ndarray  # (S,) noise scale per draw
+    sigma: np.ndarray  # (S, n) noise scale per draw at the scored runs (the group's; measurement error added)
     d: np.ndarray  # (n,) distance of the scored runs beyond the fitted ones, decades
     log_weights: np.ndarray | None  # PSIS weights of the draws (None: an exact refit)
     method: str  # "exact" or "psis"
@@ -324,11 +327,13 @@ def forward_folds(runs: Any, law: str, config: Any, rng_key: Any, *, quiet: bool
     user fitting only them would have); at each later cut the last exact refit is reweighted by
     PSIS with the likelihood of the runs added since, and refitted exactly where the Pareto k of
     those weights exceeds :data:`PARETO_K_MAX` (or ``config.psis`` is off). Exact refits start
-    from ``warm_start`` (the full fit's chains and adaptation) where given.
+    from ``warm_start`` (the full fit's chains and adaptation) where given. A grouped table is
+    refitted grouped (every group's law scores its own runs), with runs' measurement errors
+    where the table has them.
     """
     import jax
 
-    from .inference import log_mean_draws, pointwise_log_lik, sample_law
+    from .inference import Groups, log_mean_draws, measurement_se, pointwise_log_lik, sample_law
     from .models import Anchors, resolve_priors
 
     N, D, y, C = (runs[c].to_numpy(float) for c in ("N", "D", "loss", "C"))
@@ -338,26 +343,36 @@ def forward_folds(runs: Any, law: str, config: Any, rng_key: Any, *, quiet: bool
     cfg = replace(config, law=law, warmup=lfo.warmup, draws=lfo.draws)
     folds: list[Fold] = []
     ref: tuple[np.ndarray, dict[str, np.ndarray], Any] | None = None  # (mask, flat samples, anchors)
+    grp = Groups.of(runs, cfg, tuple(config.family))
+    gi = None if grp.pooling is None else grp.index
+    se = measurement_se(runs)
+    at = lambda x, sel: None if x is None else x[sel]  # noqa: E731
     for k, c in enumerate(cuts):
         m = C < c
         lw, khat, method = None, None, "exact"
         if lfo.psis and ref is not None:
             new = m & ~ref[0]
             log_r = pointwise_log_lik(law, ref[1], lN[new], lD[new], ly[new], anchors=ref[2],
-                                      likelihood=config.likelihood, nu=config.nu).sum(axis=-1)
+                                      likelihood=config.likelihood, nu=config.nu, group=at(gi, new),
+                                      se=at(se, new)).sum(axis=-1)
             lw, khat = psis_log_weights(log_r)
             method = "psis" if khat <= PARETO_K_MAX else "exact"
         if method == "exact":
             anchors = Anchors.from_data(N[m], D[m], y[m])
             priors = resolve_priors(law, anchors, dict(config.priors))
             draws = sample_law(law, lN, lD, ly, anchors=anchors, priors=priors, config=cfg,
-                               rng_key=jax.random.fold_in(rng_key, k), mask=m, warm_start=warm_start)
+                               rng_key=jax.random.fold_in(rng_key, k), mask=m, warm_start=warm_start,
+                               group=gi, pooling=grp.pooling, se=se)
             flat = {s: v.reshape(-1, *v.shape[2:]) for s, v in draws.samples.items()}
             ref, lw = (m, flat, anchors), None
         fut = np.flatnonzero(~m)
-        mu = log_mean_draws(law, ref[1], lN[fut], lD[fut], ref[2])  # (S, n)
+        mu = log_mean_draws(law, ref[1], lN[fut], lD[fut], ref[2], group=at(gi, fut))  # (S, n)
+        sigma = ref[1]["sigma"][:, None] if gi is None else ref[1]["g_sigma"][:, gi[fut]]
+        if se is not None:
+            sigma = np.sqrt(sigma**2 + se[fut] ** 2)
+        sigma = np.broadcast_to(sigma, mu.shape)
         d = extrapolation_distance(N[fut], D[fut], DataRange.of(N[m], D[m], C[m]), C[fut])
-        folds.append(Fold(float(c), int(m.sum()), fut, mu, ref[1]["sigma"], d, lw, method, khat))
+        folds.append(Fold(float(c), int(m.sum()), fut, mu, sigma, d, lw, method, khat))
         if not quiet:
             how = "refit" if method == "exact" else f"PSIS, k={khat:.2f}"
             print(f"  {law}: cut at C = {c:.3g}: {m.sum()} runs fitted, {len(fut)} scored ({how})",
@@ -437,7 +452,7 @@ def fit_family(runs: Any, config: Any, *, quiet: bool = False, source: str | Non
 
     import jax
 
-    from .inference import build_idata, fit_law, law_metadata, report_diagnostics, run_metadata
+    from .inference import build_idata, fit_law, group_metadata, law_metadata, report_diagnostics, run_metadata
     from .models import law_overrides
     from .store import AVERAGED, SEP
 
@@ -449,7 +464,7 @@ def fit_family(runs: Any, config: Any, *, quiet: bool = False, source: str | Non
                for law in laws}  # every override checked before any fitting
     for j, law in enumerate(laws):
         k_fit, k_lfo = jax.random.split(jax.random.fold_in(key, j))
-        fits[law] = fit_law(runs, law, per_law[law], k_fit, quiet=quiet)
+        fits[law] = fit_law(runs, law, per_law[law], k_fit, quiet=quiet, family=tuple(laws))
         cuts, folds[law] = forward_folds(runs, law, per_law[law], k_lfo, quiet=quiet, warm_start=fits[law].adapted)
     cal = calibrate(laws, np.log(runs["loss"].to_numpy(float)), folds, likelihood=config.likelihood, nu=config.nu)
     rng = np.random.default_rng(config.seed)
@@ -486,7 +501,10 @@ def fit_family(runs: Any, config: Any, *, quiet: bool = False, source: str | Non
     if not cuts:
         meta["averaging"]["note"] = ("too few runs or budget levels to validate forward: equal weights, and the "
                                      "discrepancy rate is its prior")
-    idata = build_idata(runs, groups, meta)
+    grouped = [f.groups_ for f in fits.values() if f.groups_ is not None]
+    if grouped:
+        meta.update(group_metadata(grouped[0]))
+    idata = build_idata(runs, groups, meta, grouped[0] if grouped else None)
     if not quiet:
         print("weights (forward validation): " + ", ".join(f"{law} {w:.2f}" for law, w in zip(laws, cal.weights,
               strict=True)) + f"; discrepancy rate {100 * meta['averaging']['discrepancy']['rate_mean']:.1f}%"

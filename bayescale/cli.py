@@ -138,15 +138,19 @@ def _check_out(out: Path) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from .runs import LoadReport, load_runs
+    from .runs import LoadReport, group_labels, load_runs
 
     report = LoadReport(source=args.source)
-    runs = load_runs(args.source, filter=args.filter, skip_invalid=args.skip_invalid, report=report)
+    runs = load_runs(args.source, filter=args.filter, skip_invalid=args.skip_invalid, report=report,
+                     columns=args.columns)
     if args.group:
-        if args.group not in runs.columns:
-            raise InputError(f"no column {args.group!r}; columns are {', '.join(map(str, runs.columns))}",
-                             field="--group")
-        runs["group"] = runs[args.group].astype(str)
+        cols = [c.strip() for c in args.group.split(",") if c.strip()]
+        for c in cols:
+            if c not in runs.columns:
+                raise InputError(f"no column {c!r}; columns are {', '.join(map(str, runs.columns))}",
+                                 field="--group")
+        runs["group"] = group_labels(runs, cols)
+        runs.attrs["group_columns"] = cols
     for line in report.lines():
         print(f"bayescale: {line}", file=sys.stderr)
     out = Path(args.out) if args.out else _default_out(args.source, args.law)
@@ -159,7 +163,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     cfg = FitConfig(law=args.law or AVERAGED, chains=args.chains, warmup=args.warmup, draws=args.draws,
                     seed=args.seed, likelihood=args.likelihood, nu=args.nu, target_accept=args.target_accept,
-                    priors=_parse_priors(args))
+                    priors=_parse_priors(args), pool=tuple(args.pool or ()), share=tuple(args.share or ()),
+                    separate=tuple(args.separate or ()))
     t0 = time.perf_counter()
     idata = fit(runs, cfg, quiet=args.json, source=args.source, filter=args.filter)
     try:
@@ -175,6 +180,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         _emit_json(result)
         return 0
     what = f"{cfg.law} law" if cfg.law != AVERAGED else f"{len(result['laws'])} laws, averaged,"
+    if "groups" in result:
+        what += f" per group ({len(result['groups'])} groups, {_pooling_text(result['pooling'])})"
     print(f"{what} fitted to {len(runs)} runs from {args.source} in {seconds:.1f} s -> {out}")
     _print_posterior(result)
     print(f"\ndiagnostics: {_verdict(diag)}")
@@ -189,9 +196,11 @@ def _posterior_summary(idata: Any) -> dict[str, Any]:
     from .store import AVERAGED, laws_of, metadata
 
     meta = metadata(idata)
-    expo = {k: summarize(v) for k, v in exponents(idata).items()}
+    grouped = _group_summary(idata)
+    # a grouped posterior's exponents differ by group: `optimal --group G` gives each
+    expo = {} if grouped else {k: summarize(v) for k, v in exponents(idata).items()}
     if meta["law"] != AVERAGED:
-        return {"params": param_summary(idata), "compute_optimal": expo}
+        return {"params": param_summary(idata), "compute_optimal": expo, **grouped}
     laws = {law: {"weight": meta["laws"][law]["weight"], "params": param_summary(idata, law=law),
                   "lfo": meta["laws"][law]["lfo"]} for law in laws_of(idata)}
     params = {f"{law}.{k}": v for law, d in laws.items() for k, v in d["params"].items()}
@@ -202,7 +211,40 @@ def _posterior_summary(idata: Any) -> dict[str, Any]:
                                       "prior": disc["rate_prior"]}}
     if "note" in av:
         averaging["note"] = av["note"]
-    return {"params": params, "compute_optimal": expo, "laws": laws, "averaging": averaging}
+    return {"params": params, "compute_optimal": expo, "laws": laws, "averaging": averaging, **grouped}
+
+
+def _group_summary(idata: Any) -> dict[str, Any]:
+    """For a grouped posterior: ``pooling``, the spreads between groups (``spreads``, on the log
+    scale of each coordinate) and every group's parameters (``groups``); empty otherwise."""
+    from .posterior import param_summary, summarize
+    from .store import AVERAGED, group_view, groups_of, laws_of, metadata
+
+    names = groups_of(idata)
+    if not names:
+        return {}
+    meta = metadata(idata)
+    post = idata.posterior
+    spreads = {}
+    for v in post.data_vars:
+        if str(v).rpartition(".")[2].startswith("tau_"):
+            for f in post[v].coords["factor"].values:
+                spreads[f"{v}[{f}]"] = summarize(post[v].sel(factor=f).values)
+    groups = {}
+    for g in names:
+        view = group_view(idata, g)
+        if meta["law"] != AVERAGED:
+            groups[g] = param_summary(view)
+        else:
+            groups[g] = {f"{law}.{k}": v for law in laws_of(view) for k, v in param_summary(view, law=law).items()}
+    return {"pooling": meta.get("pooling", {}), "spreads": spreads, "groups": groups}
+
+
+def _pooling_text(pooling: dict[str, str]) -> str:
+    by: dict[str, list[str]] = {}
+    for k, m in pooling.items():
+        by.setdefault(m, []).append(k)
+    return "; ".join(f"{m}: {', '.join(ks)}" for m, ks in by.items())
 
 
 def _print_posterior(res: dict[str, Any]) -> None:
@@ -232,10 +274,19 @@ def _print_posterior(res: dict[str, Any]) -> None:
         for law, d in res["laws"].items():
             print(f"\n{law} law (weight {d['weight']:.3f}):")
             print(_table([row(k, v) for k, v in d["params"].items()], ph))
-    print()
-    print("compute-optimal exponents (N_opt ∝ C^a, D_opt ∝ C^b)"
-          + (", the mixture's:" if "laws" in res else ":"))
-    print(_table([_interval_row(k, v) for k, v in res["compute_optimal"].items()], INTERVAL_HEADER))
+    if "groups" in res:
+        print(f"\n{len(res['groups'])} groups ({_pooling_text(res['pooling'])}); the parameters above are the "
+              "population's (a typical group). Spreads between groups (sd on each coordinate's log scale):")
+        print(_table([_interval_row(k, v) for k, v in res["spreads"].items()], INTERVAL_HEADER))
+        first = next(iter(res["groups"].values()))
+        keys = [k for k in first if not k.endswith("sigma")] + [k for k in first if k.endswith("sigma")]
+        print("\nper group (posterior medians):")
+        print(_table([[g, *(_fmt(p[k]["q50"]) for k in keys)] for g, p in res["groups"].items()], ["group", *keys]))
+    if res["compute_optimal"]:
+        print()
+        print("compute-optimal exponents (N_opt ∝ C^a, D_opt ∝ C^b)"
+              + (", the mixture's:" if "laws" in res else ":"))
+        print(_table([_interval_row(k, v) for k, v in res["compute_optimal"].items()], INTERVAL_HEADER))
 
 
 def _verdict(diag: dict[str, Any]) -> str:
@@ -316,24 +367,66 @@ def _flags(e: dict[str, Any], *, short: bool = False) -> str:
     return "; ".join(parts) + f" ({e['distance_decades']:.2f} decades)"
 
 
+def _group_views(idata: Any, args: argparse.Namespace, *, all_groups: bool) -> list[tuple[str | None, Any]]:
+    """``[(group, posterior)]`` that a command works on: ``--group G`` picks one group of a
+    grouped posterior (any name the fit did not see, such as ``new``, gets the population
+    predictive); without it, every group where ``all_groups`` allows, else a clear refusal."""
+    from .store import NEW_GROUP, group_view, groups_of
+
+    names = groups_of(idata)
+    g = getattr(args, "group", None)
+    if not names:
+        if g is not None:
+            raise InputError("this posterior was fitted without groups; drop --group (or refit with --group COL)",
+                             file=args.model, field="--group")
+        return [(None, idata)]
+    if g is None:
+        if all_groups:
+            return [(name, group_view(idata, name)) for name in names]
+        raise InputError(f"this posterior has {len(names)} groups ({', '.join(names[:6])}"
+                         f"{', ...' if len(names) > 6 else ''}); say which with --group NAME, or --group "
+                         f"{NEW_GROUP} for a group with no runs", file=args.model, field="--group")
+    if g not in names:
+        _log(args, f"group {g!r} has no runs in this fit: using the population predictive "
+                   "(parameters drawn from the spread between groups)")
+    return [(g, group_view(idata, g, seed=getattr(args, "seed", 0)))]
+
+
 def cmd_optimal(args: argparse.Namespace) -> int:
     from .posterior import optimal
     from .store import load_posterior
 
     idata = load_posterior(args.model)
     _usable(idata, args)
-    res = optimal(idata, args.compute)
+    res = []
+    for g, view in _group_views(idata, args, all_groups=True):
+        res += [({"group": g} if g is not None else {}) | r for r in optimal(view, args.compute)]
     if args.json:
         _emit_json({"model": args.model, "optimal": res})
         return 0
     rows = []
     for r in res:
+        head = (f"{r['group']}  " if "group" in r else "") + f"C={_fmt(r['compute'])}"
         for k in ("N_opt", "D_opt", "loss", "tokens_per_param"):
-            label = (f"C={_fmt(r['compute'])}  {k}" if k == "N_opt"
-                     else f"{'':>{len(_fmt(r['compute'])) + 2}}  {k}")
+            label = f"{head}  {k}" if k == "N_opt" else f"{'':>{len(head)}}  {k}"
             rows.append(_interval_row(label, r[k], [_flags(r["extrapolation"]) if k == "N_opt" else ""]))
     print(_table(rows, ["budget (FLOP)", "mean", "sd", "q05", "q50", "q95", "beyond the runs?"], left=(0, 6)))
     return 0
+
+
+def _table_groups(table: Any, meta: dict[str, Any], path: Any) -> list[str]:
+    """Each row's group in a ``predict --at`` table: from the group column(s) the fit used, or
+    a ``group`` column."""
+    from .runs import group_labels
+
+    cols = meta.get("group_columns") or []
+    if cols and all(c in table.columns for c in cols):
+        return list(group_labels(table, cols))
+    if "group" in table.columns:
+        return list(table["group"].astype(str))
+    want = ", ".join(cols) if cols else "group"
+    raise InputError(f"the posterior has groups: give each row's group in column(s) {want}, or one group for "
+                     "every row with --group NAME", file=str(path), field="--group")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -357,11 +450,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         if args.N is None or args.D is None:
             raise InputError("give --N and --D (or --at TABLE)", field="--N" if args.N is None else "--D")
+        if len(args.N) != len(args.D) and 1 not in (len(args.N), len(args.D)):
+            raise InputError(f"--N has {len(args.N)} values and --D {len(args.D)}; give one D per N (or one "
+                             "value of either, used with every value of the other)", field="--D")
         N, D = args.N, args.D
     idata = load_posterior(args.model)
     _usable(idata, args)
+    from .store import groups_of, metadata
+
+    row_groups = None
+    if args.at is not None and groups_of(idata) and args.group is None:
+        row_groups = _table_groups(table, metadata(idata), path)
     try:
-        res = predict(idata, N, D, C=C, noise=not args.no_noise, seed=args.seed)
+        if row_groups is None:
+            [(g, view)] = _group_views(idata, args, all_groups=False)
+            res = predict(view, N, D, C=C, noise=not args.no_noise, seed=args.seed)
+        else:  # each row under its own group's law, in the table's order
+            from .store import group_view
+
+            res = [None] * len(N)
+            for g in dict.fromkeys(row_groups):
+                idx = [i for i, r in enumerate(row_groups) if r == g]
+                view = group_view(idata, g, seed=args.seed)
+                for i, r in zip(idx, predict(view, N[idx], D[idx], C=None if C is None else C[idx],
+                                             noise=not args.no_noise, seed=args.seed), strict=True):
+                    res[i] = {"group": g, **r}
     except (TypeError, ValueError) as e:
         if isinstance(e, InputError):
             raise
@@ -369,9 +482,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.json:
         _emit_json({"model": args.model, "predictions": res})
         return 0
-    print(_table([[_fmt(r["N"]), _fmt(r["D"]), _fmt(r["mean"]), _fmt(r["sd"]), _fmt(r["q05"]), _fmt(r["q50"]),
-                   _fmt(r["q95"]), _flags(r["extrapolation"])] for r in res],
-                 ["N", "D", "mean", "sd", "q05", "q50", "q95", "beyond the runs?"], left=(7,)))
+    g = [[r["group"]] if "group" in r else [] for r in res]
+    print(_table([[*gi, _fmt(r["N"]), _fmt(r["D"]), _fmt(r["mean"]), _fmt(r["sd"]), _fmt(r["q05"]), _fmt(r["q50"]),
+                   _fmt(r["q95"]), _flags(r["extrapolation"])] for gi, r in zip(g, res, strict=True)],
+                 [*(["group"] if g[0] else []), "N", "D", "mean", "sd", "q05", "q50", "q95", "beyond the runs?"],
+                 left=(0, 8) if g[0] else (7,)))
     kind = "posterior predictive (with observation noise)" if not args.no_noise else "posterior of the mean loss"
     print(f"({kind}; loss in nats/token)")
     return 0
@@ -466,7 +581,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs directory, CSV/Parquet table (N, D, loss), or a shipped example name (chinchilla)")
     f.add_argument("--law", choices=list(LAWS), default=None,
                    help="fit one law only (default: the whole family, averaged by forward validation)")
-    f.add_argument("--group", metavar="COL", help="column that names each run's group (carried into the fit)")
+    f.add_argument("--group", metavar="COL[,COL...]",
+                   help="column(s) naming each run's group (e.g. dataset,eval_set): one law per group, partially "
+                        "pooled (default: no groups)")
+    f.add_argument("--columns", metavar="N=..,D=..,loss=..",
+                   help="map the table's own column names onto N, D, loss (and C, group, loss_se, loss_lo95, "
+                        "loss_hi95), e.g. N=params,D=tokens,loss=val_loss (default: the names as they are)")
+    for flag, what in (("--pool", "pooled across groups: per group, around a learned population value (the default "
+                                  "for every parameter)"),
+                       ("--share", "shared: one value for every group ('all': one law for all groups)"),
+                       ("--separate", "separate: per group, independent ('all': separate fits)")):
+        f.add_argument(flag, nargs="+", metavar="NAME",
+                       help=f"with --group, parameters {what}; names: L0, A, B, alpha, beta, sigma (chinchilla, "
+                            "shared laws), L0, E, N_c, alpha_N, alpha_D, sigma (kaplan), or all")
     f.add_argument("--filter", metavar="QUERY", help='pandas query over the table, e.g. "kept_by_epoch == 1"')
     f.add_argument("--out", metavar="PATH.nc", help="where to save the posterior (default models/<source>-<law>.nc)")
     f.add_argument("--chains", type=_positive_int, default=4)
@@ -494,6 +621,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--compute", type=_positive_float, nargs="+", required=True, metavar="C",
                    help="budget(s) in FLOP (C = 6ND)")
     add_allow_unconverged(o)
+    o.add_argument("--group", metavar="NAME", help="a grouped posterior's group (any other name, e.g. new: a group "
+                   "with no runs, from the population); default: every group")
     o.add_argument("--json", action="store_true")
     o.set_defaults(func=cmd_optimal)
 
@@ -504,6 +633,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--at", metavar="TABLE", help="CSV/Parquet with columns N, D (and C, if compute is not 6ND)")
     pr.add_argument("--no-noise", action="store_true", help="interval of the mean loss, without observation noise")
     pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--group", metavar="NAME", help="a grouped posterior's group for every row (new: a group with "
+                    "no runs); default: each --at row's own group column(s)")
     add_allow_unconverged(pr)
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_predict)

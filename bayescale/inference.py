@@ -36,14 +36,16 @@ from .models import (
     REPORTED,
     SAMPLED_SITES,
     Anchors,
+    Pooling,
     log_mean,
     natural_params,
     noise_log_prob,
     prior_forms,
+    resolve_pooling,
     resolve_priors,
 )
 from .sampler import Draws, SamplerKey, WarmStart, bucket, compiled, pad
-from .store import AVERAGED, META_KEY, law_view, laws_of, load_posterior, metadata, save_posterior
+from .store import AVERAGED, META_KEY, SEP, law_view, laws_of, load_posterior, metadata, save_posterior
 
 __all__ = ["FitConfig", "diagnostics", "fit", "load_posterior", "metadata", "save_posterior"]
 
@@ -75,6 +77,12 @@ class FitConfig:
     lfo_warmup: int = 200  # warm-up per chain of each forward-validation refit (warm-started)
     lfo_draws: int = 200  # draws per chain of each forward-validation refit
     psis: bool = True  # reuse the last exact refit by PSIS where its Pareto k allows
+    pool: tuple[str, ...] = ()  # grouped tables: parameters pooled across groups (the default for all)
+    share: tuple[str, ...] = ()  # ... one value for every group ('all': one law for all groups)
+    separate: tuple[str, ...] = ()  # ... per group, with independent priors ('all': separate fits)
+    # columns whose levels enter as crossed, additive effects (Python API only, not the default: see
+    # bayescale.models.Pooling); empty: the groups are exchangeable, one effect per group
+    group_factors: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.law != AVERAGED:
@@ -111,6 +119,7 @@ class LawFit:
     seconds: float
     chain_method: str
     adapted: WarmStart | None = None  # where the chains ended: refits of similar data start there
+    groups_: Groups | None = None  # a grouped fit: the groups and how parameters vary across them
 
     def groups(self, prefix: str = "") -> dict[str, dict[str, np.ndarray]]:
         """Its variables by InferenceData group, names prefixed (``"kaplan."`` in an averaged file)."""
@@ -125,39 +134,132 @@ class LawFit:
         }
 
 
-def fit_law(runs: pd.DataFrame, law: str, config: FitConfig, rng_key: Any, *, quiet: bool = True) -> LawFit:
-    """Fit one law to a validated table by NUTS (the parts; :func:`fit` makes the file's InferenceData)."""
+@dataclass(frozen=True)
+class Groups:
+    """The groups of a table and how a fit lets parameters vary across them."""
+
+    names: tuple[str, ...]  # sorted group names; a run's index points here
+    index: np.ndarray = field(compare=False)  # (runs,) int
+    pooling: Pooling | None  # None: one group (an ungrouped fit)
+    factors: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (column, its levels) per crossed factor
+
+    @classmethod
+    def of(cls, runs: pd.DataFrame, config: FitConfig, family: tuple[str, ...] | None = None) -> Groups:
+        """The groups of ``runs`` (column ``group``): several make the fit hierarchical.
+
+        With ``config.group_factors`` (the columns the groups were made of, ``--group
+        dataset,eval_set``), each column is a factor with its own effects and spreads; otherwise
+        the groups are one factor. Pooling names are checked against ``family`` (default: the
+        fitted law alone)."""
+        labels = runs["group"].astype(str).to_numpy() if "group" in runs else np.full(len(runs), "all")
+        names, index = np.unique(labels, return_inverse=True)
+        if len(names) < 2:
+            if config.pool or config.share or config.separate:
+                raise InputError("--pool, --share and --separate need a table with several groups "
+                                 "(name the group column with --group)", field="--group")
+            return cls(tuple(map(str, names)), index.astype(int), None)
+        # a column with one level varies nothing: it is not a factor
+        cols = [c for c in config.group_factors if c in runs and runs[c].astype(str).nunique() > 1]
+        if cols:
+            factors, codes = [], []
+            first = np.unique(index, return_index=True)[1]  # a run of each group
+            for c in cols:
+                lev, code = np.unique(runs[c].astype(str).to_numpy(), return_inverse=True)
+                factors.append((c, tuple(map(str, lev))))
+                codes.append(code[first])
+            cells: Any = np.stack(codes, axis=1)
+        else:
+            factors, cells = [("group", tuple(map(str, names)))], len(names)
+        family = family or (config.family if config.law == AVERAGED else (config.law,))
+        pooling = resolve_pooling(cells, family, pool=config.pool, share=config.share, separate=config.separate)
+        return cls(tuple(map(str, names)), index.astype(int), pooling, tuple(factors))
+
+
+def group_metadata(g: Groups) -> dict[str, Any]:
+    """What the metadata records of a grouped fit's groups."""
+    return {"pooling": dict(g.pooling.modes),
+            "group_factors": [{"column": c, "levels": list(lev)} for c, lev in g.factors]}
+
+
+def measurement_se(runs: pd.DataFrame) -> np.ndarray | None:
+    """Each run's measurement standard error of log loss, where the table gives it: a ``loss_se``
+    column (on the loss scale), or a 95% interval ``loss_lo95``/``loss_hi95``. None if neither."""
+    y = runs["loss"].to_numpy(float)
+    if "loss_se" in runs:
+        se = pd.to_numeric(runs["loss_se"], errors="coerce").to_numpy(float) / y
+    elif {"loss_lo95", "loss_hi95"} <= set(runs.columns):
+        lo, hi = (pd.to_numeric(runs[c], errors="coerce").to_numpy(float) for c in ("loss_lo95", "loss_hi95"))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            se = (np.log(hi) - np.log(lo)) / (2 * 1.959964)
+    else:
+        return None
+    return np.where(np.isfinite(se) & (se >= 0), se, 0.0)
+
+
+def fit_law(runs: pd.DataFrame, law: str, config: FitConfig, rng_key: Any, *, quiet: bool = True,
+            family: tuple[str, ...] | None = None) -> LawFit:
+    """Fit one law to a validated table by NUTS (the parts; :func:`fit` makes the file's InferenceData).
+
+    A table with several groups gets one law per group, pooled as ``config`` says (:class:`Groups`).
+    """
     N, D, y = (runs[c].to_numpy(float) for c in ("N", "D", "loss"))
     anchors = Anchors.from_data(N, D, y)
     priors = resolve_priors(law, anchors, dict(config.priors))
+    grp = Groups.of(runs, config, family)
+    se = measurement_se(runs)
     key_mcmc, key_prior = jax.random.split(rng_key)
-    _log(f"fitting the {law} law to {len(y)} runs: {config.chains} chains x "
+    what = "" if grp.pooling is None else f" in {len(grp.names)} groups"
+    _log(f"fitting the {law} law to {len(y)} runs{what}: {config.chains} chains x "
          f"({config.warmup} warm-up + {config.draws} draws), NUTS", quiet)
     t0 = time.perf_counter()
     draws = sample_law(law, np.log(N), np.log(D), np.log(y), anchors=anchors, priors=priors, config=config,
-                       rng_key=key_mcmc)
+                       rng_key=key_mcmc, group=None if grp.pooling is None else grp.index,
+                       pooling=grp.pooling, se=se)
     seconds = time.perf_counter() - t0
     log_lik = pointwise_log_lik(law, draws.samples, np.log(N), np.log(D), np.log(y), anchors=anchors,
-                                likelihood=config.likelihood, nu=config.nu)
+                                likelihood=config.likelihood, nu=config.nu, group=grp.index, se=se)
     return LawFit(law, anchors, priors, draws.samples, draws.diverging, draws.num_steps, log_lik,
                   prior_draws(law, anchors, priors, config.prior_draws, key_prior), seconds, draws.chain_method,
-                  draws.adapted)
+                  draws.adapted, grp if grp.pooling is not None else None)
 
 
-def build_idata(runs: pd.DataFrame, groups: dict[str, dict[str, np.ndarray]], meta: dict[str, Any]) -> az.InferenceData:
-    """The posterior file's InferenceData: the fitted groups, the runs, and the metadata."""
+def build_idata(runs: pd.DataFrame, groups: dict[str, dict[str, np.ndarray]], meta: dict[str, Any],
+                grouping: Groups | None = None) -> az.InferenceData:
+    """The posterior file's InferenceData: the fitted groups, the runs, and the metadata.
+
+    A grouped fit's per-group variables (``g_NAME``, possibly ``LAW.g_NAME``) get a ``group``
+    dimension, its spreads (``tau_NAME``) a ``factor`` dimension and its level effects
+    (``effectF_NAME``) a ``levelF`` dimension; every run records its group
+    (``constant_data.group``) and its measurement standard error where it had one.
+    """
+    group_names = None if grouping is None else grouping.names
     y = runs["loss"].to_numpy(float)
     run_vars = [k for k in groups["log_likelihood"]]
+    const = {"N": runs["N"].to_numpy(float), "D": runs["D"].to_numpy(float),
+             "C": runs["C"].to_numpy(float), "loss": y}
+    coords = {"run": runs["run_id"].astype(str).to_numpy()}
+    dims = {k: ["run"] for k in (*run_vars, "log_loss", "N", "D", "C", "loss", "group", "se")}
+    if group_names is not None:
+        const["group"] = runs["group"].astype(str).to_numpy()
+        coords["group"] = np.asarray(group_names, dtype=str)
+        coords["factor"] = np.asarray([c for c, _ in grouping.factors], dtype=str)
+        for f, (_, lev) in enumerate(grouping.factors):
+            coords[f"level{f}"] = np.asarray(lev, dtype=str)
+        for v in groups["posterior"]:
+            base = str(v).split(SEP)[-1]
+            if base.startswith("g_"):
+                dims[v] = ["group"]
+            elif base.startswith("tau_"):
+                dims[v] = ["factor"]
+            elif base.startswith("effect"):
+                dims[v] = [f"level{base[len('effect'):].split('_')[0]}"]
+    se = measurement_se(runs)
+    if se is not None:
+        const["se"] = se
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # arviz notes about missing dims
-        idata = az.from_dict(
-            **groups,
-            observed_data={"log_loss": np.log(y)},
-            constant_data={"N": runs["N"].to_numpy(float), "D": runs["D"].to_numpy(float),
-                           "C": runs["C"].to_numpy(float), "loss": y},
-            coords={"run": runs["run_id"].astype(str).to_numpy()},
-            dims={k: ["run"] for k in (*run_vars, "log_loss", "N", "D", "C", "loss")},
-        )
+        idata = az.from_dict(**groups, observed_data={"log_loss": np.log(y)}, constant_data=const,
+                             coords=coords, dims=dims)
     idata.posterior.attrs[META_KEY] = json.dumps(meta)
     return idata
 
@@ -178,6 +280,8 @@ def run_metadata(runs: pd.DataFrame, config: FitConfig, *, source: str | None, f
             "arviz": az.__version__, "python": sys.version.split()[0],
         },
     }
+    if runs.attrs.get("group_columns"):
+        meta["group_columns"] = list(runs.attrs["group_columns"])
     if "corpus_tokens" in runs and runs["corpus_tokens"].notna().any():
         meta["corpus_tokens"] = float(runs["corpus_tokens"].max())
     return meta
@@ -231,7 +335,9 @@ def fit(
         return fit_family(runs, cfg, quiet=quiet, source=source, filter=filter)
     f = fit_law(runs, cfg.law, cfg, jax.random.PRNGKey(cfg.seed), quiet=quiet)
     meta = {**run_metadata(runs, cfg, source=source, filter=filter), **law_metadata(f)}
-    idata = build_idata(runs, f.groups(), meta)
+    if f.groups_ is not None:
+        meta.update(group_metadata(f.groups_))
+    idata = build_idata(runs, f.groups(), meta, f.groups_)
     report_diagnostics(idata, f.seconds, quiet)
     return idata
 
@@ -258,11 +364,15 @@ def sample_law(
     rng_key: Any,
     mask: np.ndarray | None = None,
     warm_start: WarmStart | None = None,
+    group: np.ndarray | None = None,
+    pooling: Pooling | None = None,
+    se: np.ndarray | None = None,
 ) -> Draws:
     """NUTS draws of ``law`` given runs (natural logs), with the compiled sampler of their size.
 
     ``mask`` (bool, one per run) leaves runs out of the likelihood: forward validation fits the
-    cheaper runs of a table with the program compiled for the whole table.
+    cheaper runs of a table with the program compiled for the whole table. ``group`` (each run's
+    group index) and ``pooling`` make it a grouped fit; ``se`` gives runs' measurement errors.
     """
     forms, values = prior_forms(law, priors)
     n = len(log_N)
@@ -270,12 +380,14 @@ def sample_law(
     key = SamplerKey(law=law, forms=tuple(forms.items()), likelihood=config.likelihood, nu=float(config.nu),
                      size=size, chains=int(config.chains), warmup=int(config.warmup), draws=int(config.draws),
                      target_accept=float(config.target_accept), max_tree_depth=int(config.max_tree_depth),
-                     dense_mass=bool(config.dense_mass))
+                     dense_mass=bool(config.dense_mass), pooling=pooling, measurement=se is not None)
     m = np.ones(n, bool) if mask is None else np.asarray(mask, bool)
     # padding sits at the pivots with log loss 0: finite, and masked out of the likelihood
     args = (pad(log_N, size, anchors.log_N0), pad(log_D, size, anchors.log_D0), pad(log_loss, size, 0.0),
             np.concatenate([m, np.zeros(size - n, bool)]))
-    return compiled(key).run(rng_key, *args, (anchors.log_N0, anchors.log_D0), values, warm_start)
+    return compiled(key).run(rng_key, *args, (anchors.log_N0, anchors.log_D0), values, warm_start,
+                             group=None if pooling is None else pad(group, size, 0).astype(int),
+                             se=None if se is None else pad(se, size, 0.0))
 
 
 def pointwise_log_lik(
@@ -288,29 +400,46 @@ def pointwise_log_lik(
     anchors: Anchors,
     likelihood: str,
     nu: float,
+    group: np.ndarray | None = None,
+    se: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Log likelihood of every run under every draw, shape ``(*draw_shape, runs)``."""
-    th = {k: jnp.asarray(samples[k]) for k in SAMPLED_SITES[law]}
+    """Log likelihood of every run under every draw, shape ``(*draw_shape, runs)``.
+
+    For a grouped posterior (``g_NAME`` sites) each run is scored under its ``group``'s law;
+    ``se`` adds runs' measurement errors to the noise.
+    """
+    th = _per_run(law, samples, group)
     return np.asarray(_log_lik(th, jnp.asarray(log_N) - anchors.log_N0, jnp.asarray(log_D) - anchors.log_D0,
-                               jnp.asarray(log_loss), law=law, likelihood=likelihood, nu=float(nu)))
+                               jnp.asarray(log_loss), None if se is None else jnp.asarray(se),
+                               law=law, likelihood=likelihood, nu=float(nu)))
 
 
 def log_mean_draws(law: str, samples: dict[str, np.ndarray], log_N: np.ndarray, log_D: np.ndarray,
-                   anchors: Anchors) -> np.ndarray:
+                   anchors: Anchors, group: np.ndarray | None = None) -> np.ndarray:
     """The law's log-mean loss under every draw at every run, shape ``(*draw_shape, runs)``."""
-    th = {k: jnp.asarray(samples[k]) for k in SAMPLED_SITES[law]}
+    th = _per_run(law, samples, group)
     return np.asarray(_log_mean(th, jnp.asarray(log_N) - anchors.log_N0, jnp.asarray(log_D) - anchors.log_D0,
                                 law=law))
 
 
+def _per_run(law: str, samples: dict[str, np.ndarray], group: np.ndarray | None) -> dict[str, jax.Array]:
+    """The sites each run is scored under, broadcastable to ``(*draw_shape, runs)``."""
+    if group is not None and "g_" + SAMPLED_SITES[law][0] in samples:
+        idx = jnp.asarray(group, dtype=int)
+        return {k: jnp.take(jnp.asarray(samples["g_" + k]), idx, axis=-1) for k in SAMPLED_SITES[law]}
+    return {k: jnp.asarray(samples[k])[..., None] for k in SAMPLED_SITES[law]}
+
+
 @partial(jax.jit, static_argnames=("law",))
 def _log_mean(th: dict, n: jax.Array, d: jax.Array, *, law: str) -> jax.Array:
-    return log_mean(law, {k: v[..., None] for k, v in th.items()}, n, d)
+    return log_mean(law, th, n, d)
 
 
 @partial(jax.jit, static_argnames=("law", "likelihood", "nu"))
-def _log_lik(th: dict, n: jax.Array, d: jax.Array, y: jax.Array, *, law: str, likelihood: str, nu: float) -> jax.Array:
-    return noise_log_prob(likelihood, nu, y, _log_mean(th, n, d, law=law), th["sigma"][..., None])
+def _log_lik(th: dict, n: jax.Array, d: jax.Array, y: jax.Array, se: jax.Array | None, *, law: str,
+             likelihood: str, nu: float) -> jax.Array:
+    scale = th["sigma"] if se is None else jnp.sqrt(th["sigma"] ** 2 + se ** 2)
+    return noise_log_prob(likelihood, nu, y, _log_mean(th, n, d, law=law), scale)
 
 
 def prior_draws(law: str, anchors: Anchors, priors: dict[str, str], n: int, key: Any) -> dict[str, np.ndarray]:
@@ -385,14 +514,17 @@ def convergence_problem(diag: dict[str, Any]) -> str | None:
 
 def _law_diagnostics(idata: az.InferenceData) -> dict[str, Any]:
     law = metadata(idata)["law"]
-    names = list(SAMPLED_SITES[law])
-    n_chains = idata.posterior.sizes["chain"]
+    post = idata.posterior
+    # a grouped fit: every group's sites and the spreads too (worst over groups)
+    names = [n for n in (*SAMPLED_SITES[law], *(f"g_{k}" for k in SAMPLED_SITES[law])) if n in post]
+    names += [str(v) for v in post.data_vars if str(v).startswith("tau_")]
+    n_chains = post.sizes["chain"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # arviz warns that R-hat needs 2 chains; we say so below
         rhat = az.rhat(idata, var_names=names)
     ess_b = az.ess(idata, var_names=names, method="bulk")
     ess_t = az.ess(idata, var_names=names, method="tail")
-    per = {n: {"r_hat": float(rhat[n]), "ess_bulk": float(ess_b[n]), "ess_tail": float(ess_t[n])}
+    per = {n: {"r_hat": float(rhat[n].max()), "ess_bulk": float(ess_b[n].min()), "ess_tail": float(ess_t[n].min())}
            for n in names}
     ss = idata.sample_stats
     div = int(ss["diverging"].sum()) if "diverging" in ss else 0

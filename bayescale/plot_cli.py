@@ -51,13 +51,25 @@ def _out_dir(path: str) -> Path:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .cli import _usable
+    from .cli import _group_views, _usable
     from .plots import plot_all
-    from .store import load_posterior
+    from .store import groups_of, load_posterior
 
     idata = load_posterior(args.model)
     _usable(idata, args)
     out = _out_dir(args.out or str(Path(args.model).with_suffix("")) + "-plots")
+    if groups_of(idata) and args.group is None:  # the groups side by side; --group G for one group's figures
+        from .plots import plot_groups
+
+        _log(args, f"drawing the groups of {args.model} into {out}/ (--group NAME draws one group's figures) ...")
+        path = out / f"groups.{args.format}"
+        plot_groups(idata).savefig(path, dpi=110)
+        if args.json:
+            _emit({"model": args.model, "figures": [str(path)]})
+        else:
+            print(path)
+        return 0
+    [(_, idata)] = _group_views(idata, args, all_groups=False)
     _log(args, f"drawing figures of {args.model} into {out}/ ...")
     paths = plot_all(idata, out, fmt=args.format)
     if args.json:
@@ -411,11 +423,12 @@ def build_report(idata: Any, *, model_name: str = "model") -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .cli import _usable
+    from .cli import _group_views, _usable
     from .store import load_posterior
 
     idata = load_posterior(args.model)
     _usable(idata, args)
+    [(_, idata)] = _group_views(idata, args, all_groups=False)
     out = _out_dir(args.out)
     _log(args, f"writing the report of {args.model} ...")
     page = build_report(idata, model_name=Path(args.model).name)
@@ -442,6 +455,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="MODEL.nc")
     p.add_argument("--out", metavar="DIR", help="output directory (default MODEL-plots/)")
     p.add_argument("--format", choices=["png", "svg", "pdf"], default="png")
+    p.add_argument("--group", metavar="NAME", help="a grouped posterior's group (new: a group with no runs)")
     add_allow_unconverged(p)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_plot)
@@ -456,6 +470,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("report", help="one self-contained HTML report of a posterior")
     r.add_argument("model", metavar="MODEL.nc")
     r.add_argument("--out", metavar="DIR", required=True)
+    r.add_argument("--group", metavar="NAME", help="a grouped posterior's group (new: a group with no runs)")
     add_allow_unconverged(r)
     r.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     r.set_defaults(func=cmd_report)

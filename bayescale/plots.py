@@ -927,6 +927,65 @@ FIGURES: dict[str, Callable[..., Figure]] = {
 FORMATS = ("png", "svg", "pdf")
 
 
+def plot_groups(idata: Any, *, extrapolate_decades: float = 1.0, n_budgets: int = 40, max_groups: int = 24,
+                seed: int = 0) -> Figure:
+    """A grouped posterior, one panel per group: the group's runs (loss against compute) and its
+    compute-optimal loss L*(C) (median, 50% and 90% bands), over the population's band for a
+    group with no runs (grey: what a new dataset or evaluation set would get).
+
+    Parameters
+    ----------
+    idata
+        A grouped posterior (``bayescale fit --group``).
+    extrapolate_decades
+        How far beyond the largest observed budget to draw, in decades of C.
+    max_groups
+        At most this many panels (the first groups by name); the title says if some are left out.
+    """
+    from .posterior import optimal_draws
+    from .store import NEW_GROUP, group_view, groups_of
+
+    names = groups_of(idata)
+    if not names:
+        raise InputError("the posterior has no groups; this figure is for `bayescale fit --group` posteriors")
+    shown = names[:max_groups]
+    obs = _observed(idata)
+    grid = _logspace(obs["C"].min() / 3, obs["C"].max() * 10**extrapolate_decades, n_budgets)
+    population = optimal_draws(group_view(idata, NEW_GROUP, seed=seed), grid)["loss"]
+    ncols = min(6, len(shown))
+    nrows = -(-len(shown) // ncols)
+    fig, axes = _figure(nrows, ncols, width=2.6 * ncols + 0.6, height=2.3 * nrows + 1.0, sharex=True)
+    groups_of_runs = idata.constant_data["group"].values.astype(str)
+    for ax, g in zip(axes.ravel(), shown, strict=False):
+        _bands(ax, grid, population, color="0.55", inner=False, line=False, alpha=0.25,
+               band_label=ax is axes[0, 0])
+        view = group_view(idata, g)
+        _bands(ax, grid, optimal_draws(view, grid)["loss"], color=POSTERIOR_COLOR, lw=1.4,
+               label="L*(C), this group (median)", band_label=False)
+        mine = groups_of_runs == g
+        ax.scatter(obs["C"][mine], obs["loss"][mine], s=9, color="black", zorder=3,
+                   label="runs" if ax is axes[0, 0] else None)
+        ax.set_xscale("log")
+        lo, hi = np.quantile(obs["loss"][mine], [0.0, 1.0])
+        ax.set_ylim(lo / 1.25, hi * 1.1)
+        _loss_axis(ax)
+        ax.set_title(g, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, which="major", alpha=0.3)
+    for ax in axes.ravel()[len(shown):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("C (FLOP)", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(LABEL_LOSS, fontsize=8)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    labels = [("90% band, a new group (population)" if lab == "90% credible band" else lab) for lab in labels]
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8)
+    more = f" (first {len(shown)} of {len(names)} groups)" if len(shown) < len(names) else ""
+    fig.suptitle(_title(idata, f"Per group{more}"), fontsize=10)
+    return fig
+
+
 def figure_jobs(idata: Any) -> list[tuple[str, Callable[[], Figure]]]:
     """The figures of :data:`FIGURES` that apply to ``idata``, as ``(name, draw)``: an averaged
     posterior gets ``laws`` and one ``pairs-LAW`` and ``trace-LAW`` per law; a one-law posterior

@@ -673,3 +673,11 @@ def _validate_table(df: pd.DataFrame, file: str, skip_invalid: bool, report: Loa
 def _order(df: pd.DataFrame) -> pd.DataFrame:
     first = ["run_id", "N", "D", "C", "loss", "group"]
     return df[first + [c for c in df.columns if c not in first]]
+
+
+def group_labels(df: pd.DataFrame, columns: list[str]) -> pd.Series:
+    """Each row's group name from one or several columns (``dataset,eval_set`` -> ``"rpj/c4_val"``)."""
+    labels = df[columns[0]].astype(str)
+    for c in columns[1:]:
+        labels = labels + "/" + df[c].astype(str)
+    return labels

@@ -28,7 +28,7 @@ from numpyro.infer.hmc import hmc
 from numpyro.infer.util import constrain_fn, potential_energy
 
 from . import _jax  # noqa: F401  (float64, host devices, compilation cache)
-from .models import SAMPLING_COORDS, PriorForm, initial_point, law_model
+from .models import SAMPLING_COORDS, Pooling, PriorForm, initial_point, law_model
 
 MIN_BUCKET = 16
 
@@ -68,6 +68,8 @@ class SamplerKey:
     max_tree_depth: int
     dense_mass: bool
     batched: bool = False  # each chain fits its own table (simulation-based calibration), one chain each
+    pooling: Pooling | None = None  # a grouped table: how parameters vary across its groups
+    measurement: bool = False  # runs carry measurement standard errors of their log loss
 
 
 @dataclass
@@ -103,14 +105,15 @@ class CompiledNUTS:
         self.key = key
         self.method = chain_method(key.chains)
         forms = dict(key.forms)
-        model = partial(law_model, law=key.law, forms=forms, likelihood=key.likelihood, nu=key.nu)
+        model = partial(law_model, law=key.law, forms=forms, likelihood=key.likelihood, nu=key.nu,
+                        pooling=key.pooling)
         init_kernel, sample_kernel = hmc(potential_fn_gen=lambda *a: partial(potential_energy, model, a, {}),
                                          algo="NUTS")
 
         def one_chain(rng: jax.Array, args: tuple, start: tuple) -> tuple:
             given, u0, inv_mass, step = start
             rng_init, rng_nuts = jax.random.split(rng)
-            z0 = {"u": jnp.where(given, u0, initial_point(key.law, forms, args[-1], rng_init))}
+            z0 = {"u": jnp.where(given, u0, initial_point(key.law, forms, args[-1], rng_init, pooling=key.pooling))}
             state = init_kernel(z0, key.warmup, step_size=step, inverse_mass_matrix=inv_mass,
                                 dense_mass=key.dense_mass, target_accept_prob=key.target_accept,
                                 max_tree_depth=key.max_tree_depth, model_args=args, rng_key=rng_nuts)
@@ -128,7 +131,7 @@ class CompiledNUTS:
             adapt = last.adapt_state
             return post, div, steps, (last.z["u"], adapt.inverse_mass_matrix, adapt.step_size)
 
-        self._k = len(SAMPLING_COORDS[key.law])
+        self._k = len(SAMPLING_COORDS[key.law]) + (0 if key.pooling is None else key.pooling.dim(key.law))
         data_axis = 0 if key.batched else None
         if self.method == "parallel":
             self._run = jax.pmap(one_chain, in_axes=(0, data_axis, 0))
@@ -145,20 +148,28 @@ class CompiledNUTS:
         pivots: tuple[float, float],
         prior_values: Mapping[str, np.ndarray],
         warm_start: WarmStart | None = None,
+        group: np.ndarray | None = None,
+        se: np.ndarray | None = None,
     ) -> Draws:
         """Sample the posterior given runs padded to ``key.size`` (``mask`` marks the real ones).
 
         Chains start at their priors' medians (jittered), with a unit mass matrix and step size 1,
         unless ``warm_start`` gives where to start. For a ``batched`` key every argument but
         ``pivots`` and ``prior_values`` has a leading axis of length ``chains``: chain ``i`` fits
-        table ``i`` (with the same priors and pivots).
+        table ``i`` (with the same priors and pivots). ``group`` (each run's group index) is
+        required for a key with ``pooling``, ``se`` (log-loss standard errors) for one with
+        ``measurement``.
         """
+        if (group is None) != (self.key.pooling is None) or (se is None) == self.key.measurement:
+            raise ValueError("group indices go with a grouped key, standard errors with a measurement key")
+        opt = lambda x, t: None if x is None else jnp.asarray(x, dtype=t)  # noqa: E731
         args = (jnp.asarray(log_N), jnp.asarray(log_D), jnp.asarray(log_loss), jnp.asarray(mask),
+                opt(group, int), opt(se, float),
                 jnp.asarray(pivots, dtype=float), {k: jnp.asarray(v, dtype=float) for k, v in prior_values.items()})
         c, k = self.key.chains, self._k
         if self.key.batched:
-            args = (*args[:4], jnp.broadcast_to(args[4], (c, 2)),
-                    {name: jnp.broadcast_to(v, (c, *v.shape)) for name, v in args[5].items()})
+            args = (*args[:6], jnp.broadcast_to(args[6], (c, 2)),
+                    {name: jnp.broadcast_to(v, (c, *v.shape)) for name, v in args[7].items()})
         if warm_start is None:
             start = (np.zeros(c, bool), np.zeros((c, k)), np.broadcast_to(np.eye(k), (c, k, k)), np.ones(c))
         else:

@@ -94,6 +94,116 @@ def law_view(idata: az.InferenceData, law: str) -> az.InferenceData:
         return az.InferenceData(**groups)
 
 
+GROUP_PREFIX = "g_"  # a grouped fit's per-group variables: g_NAME, with a ``group`` dimension
+NEW_GROUP = "new"  # the name that asks for a group with no runs (any name the fit did not see does too)
+
+
+def groups_of(idata: az.InferenceData) -> list[str]:
+    """The groups of a grouped (hierarchical) posterior; empty for an ungrouped one."""
+    post = idata.posterior
+    return [str(g) for g in post.coords["group"].values] if "group" in post.coords else []
+
+
+def group_view(idata: az.InferenceData, group: str, *, seed: int = 0) -> az.InferenceData:
+    """One group of a grouped posterior as an ungrouped one (one law or the averaged family).
+
+    For a group the fit saw, every law's sites are that group's draws and the runs are the
+    group's own. For any other name (``new``), the sites are drawn from the population: each
+    posterior draw's population value plus its spread times a fresh standard normal, per
+    varying coordinate (seeded by ``seed``), so its intervals carry the spread between groups;
+    its runs are all the fit's runs (what the population was learned from).
+    """
+    import numpy as np
+    import xarray as xr
+
+    names = groups_of(idata)
+    if not names:
+        return idata
+    meta = metadata(idata)
+    seen = group in names
+    post = idata.posterior
+    keep = {}
+    for v in post.data_vars:
+        prefix, _, base = str(v).rpartition(SEP)
+        if base.startswith((GROUP_PREFIX, "tau_", "effect")):
+            continue
+        gname = (prefix + SEP if prefix else "") + GROUP_PREFIX + base
+        if seen and gname in post:
+            keep[str(v)] = post[gname].sel(group=group).drop_vars("group")
+        else:
+            keep[str(v)] = post[v]
+    new_post = xr.Dataset(keep, attrs=post.attrs)
+    if not seen:
+        new_post = _population_draws(new_post, idata, meta, np.random.default_rng(seed), group)
+    view_meta = {**meta, "group": group if seen else f"{group} (no runs: drawn from the population)"}
+    new_post.attrs = {META_KEY: json.dumps(view_meta)}
+    out = {"posterior": new_post}
+    run_of = idata.constant_data["group"].values.astype(str) if "group" in idata.constant_data else None
+    mine = (run_of == group) if (seen and run_of is not None) else None
+    for name in idata.groups():
+        if name == "posterior":
+            continue
+        ds = idata[name]
+        if name == "log_likelihood" and not seen:
+            continue
+        if mine is not None and "run" in ds.dims:
+            ds = ds.isel(run=np.flatnonzero(mine))
+        out[name] = ds.drop_vars([v for v in ds.data_vars if str(v).rpartition(SEP)[2].startswith(GROUP_PREFIX)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return az.InferenceData(**out)
+
+
+def _population_draws(post: Any, idata: az.InferenceData, meta: dict[str, Any], rng: Any, group: str) -> Any:
+    """``post`` with every law's sites replaced by draws for a group with no runs.
+
+    With crossed factors (``--group dataset,eval_set``) a name ``LEVEL/LEVEL`` whose levels the
+    fit saw keeps those levels' effects; every unseen level's effect is drawn from its factor's
+    spread (a standard normal times the spread, per posterior draw), and every separate
+    parameter's deviation from the width of its prior.
+    """
+    import jax.numpy as jnp
+    import numpy as np
+
+    from .models import GROUP_PARAMS, SAMPLED_SITES, SEPARATE_SCALE, group_values, natural_params, to_sampling
+
+    full = idata.posterior
+    modes = meta.get("pooling", {})
+    factors = meta.get("group_factors") or [{"column": "group", "levels": groups_of(idata)}]
+    # crossed factors end with the combination's own deviation ("group"), never known for a new name
+    named = len(factors) - (1 if len(factors) > 1 and factors[-1]["column"] == "group" else 0)
+    parts = group.split("/") if named > 1 else [group]
+    known = [f < named and len(parts) == named and parts[f] in fac["levels"] for f, fac in enumerate(factors)]
+    laws = list(meta["laws"]) if meta["law"] == AVERAGED else [meta["law"]]
+    for law in laws:
+        pre = law + SEP if meta["law"] == AVERAGED else ""
+        anchors = (meta["laws"][law] if meta["law"] == AVERAGED else meta)["anchors"]
+        th = {k: np.asarray(full[pre + k].values) for k in SAMPLED_SITES[law]}
+        u = np.asarray(to_sampling(law, th))
+        lead = u.shape[:-1]
+        dev = {}
+        for p in GROUP_PARAMS[law]:
+            mode = modes.get(p, "pooled")
+            if mode == "pooled":
+                tau = np.asarray(full[pre + "tau_" + p].values)  # (chain, draw, factor)
+                d = np.zeros(lead)
+                for f in range(len(factors)):
+                    if known[f]:
+                        d = d + full[f"{pre}effect{f}_{p}"].sel({f"level{f}": parts[f]}).values
+                    else:
+                        d = d + tau[..., f] * rng.standard_normal(lead)
+                dev[p] = d[..., None]
+            elif mode == "separate":
+                dev[p] = (SEPARATE_SCALE[p] * rng.standard_normal(lead))[..., None]
+        tg = {k: np.asarray(v)[..., 0] for k, v in group_values(law, u, {k: jnp.asarray(v) for k, v in dev.items()},
+                                                                1).items()}
+        nat = natural_params(law, tg, (anchors["log_N0"], anchors["log_D0"]))
+        for k, v in {**tg, **nat}.items():
+            if pre + k in post:
+                post[pre + k] = (post[pre + k].dims, np.asarray(v))
+    return post
+
+
 def save_posterior(idata: az.InferenceData, path: str | os.PathLike[str]) -> Path:
     """Write the posterior to NetCDF atomically (temporary file + rename)."""
     path = Path(path)

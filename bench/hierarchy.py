@@ -1,0 +1,202 @@
+"""Hierarchical fits on a real multi-group study: partial pooling against one law for all and
+separate fits, out of sample.
+
+Run from the repository root (any Python with bayescale installed)::
+
+    python bench/hierarchy.py                      # chinchilla law, three poolings (a few minutes)
+    python bench/hierarchy.py --law kaplan --json out.json
+
+Data: Gadre et al. 2024 (``../shared/data/gadre2024-overtraining``), in long format: one row per
+(model, evaluation set), 8 evaluation sets x 3 training sets = 24 groups, N = non-embedding
+parameters, each loss with its 95% measurement interval (which enters the likelihood). Every
+model below 1e9 parameters is fitted; the 1.4B and 6.9B models are predicted (72 held-out
+losses). Printed for each pooling (``pooled``: the default; ``one``: ``--share all``, one law for
+all groups; ``separate``: ``--separate all``):
+
+* median relative error of the predictive median on ``c4_val`` and on all 72;
+* the share of the 72 inside their 90% predictive intervals;
+* the summed log predictive density of the 72 (the held-out log score);
+* sampling: seconds, max R-hat, min bulk ESS and divergences over every parameter (population,
+  spreads and groups), beside an ungrouped fit of the same rows (one law, one noise, no groups),
+  timed in the same process.
+
+The predictive distribution of a held-out loss is the group's law plus the learned noise and the
+row's own measurement error, as the likelihood has them.
+
+Issue 9's rules are checked and printed. Exit status 0 when everything ran, whatever the verdicts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+EVAL_SETS = ("c4_val", "openlm", "paloma_c4_en", "paloma_dolma_100_programing_languages",
+             "paloma_falcon-refinedweb", "paloma_ptb", "paloma_redpajama", "de-en")
+POOLINGS = {"pooled": {}, "one": {"share": ("all",)}, "separate": {"separate": ("all",)}}
+FACTORS = ()  # the groups are the (dataset, eval_set) combinations, exchangeable (as `--group dataset,eval_set`)
+
+
+def long_table(data: Path) -> pd.DataFrame:
+    """Gadre's models in long format: one row per (model, evaluation set)."""
+    g = pd.read_csv(data / "gadre2024-overtraining" / "models_loss.csv")
+    rows = []
+    for es in EVAL_SETS:
+        rows.append(pd.DataFrame({
+            "run_id": g["name"] + "/" + es, "N": g["N_params_no_embed"], "D": g["D_tokens"],
+            "loss": g[f"loss_{es}"], "loss_lo95": g[f"loss_lo95_{es}"], "loss_hi95": g[f"loss_hi95_{es}"],
+            "dataset": g["dataset"], "eval_set": es}))
+    out = pd.concat(rows, ignore_index=True)
+    out["group"] = out["dataset"] + "/" + out["eval_set"]
+    return out
+
+
+def held_out_scores(idata: Any, test: pd.DataFrame) -> dict[str, Any]:
+    """Predictive medians, 90% intervals and log densities of the held-out rows, group by group."""
+    from bayescale.inference import log_mean_draws, measurement_se
+    from bayescale.models import Anchors
+    from bayescale.store import group_view, metadata
+
+    meta = metadata(idata)
+    anchors = Anchors(**meta["anchors"])
+    law = meta["law"]
+    q05, q50, q95 = (np.empty(len(test)) for _ in range(3))
+    lpd = np.empty(len(test))
+    se = measurement_se(test)
+    nu = float(meta["config"]["nu"])
+    from scipy.special import logsumexp
+    from scipy.stats import t as student_t
+
+    rng = np.random.default_rng(0)
+    for g, idx in test.groupby("group").indices.items():
+        post = group_view(idata, g).posterior
+        rows = test.iloc[idx]
+        samples = {k: post[k].values.reshape(-1) for k in post.data_vars if post[k].ndim == 2}
+        mu = log_mean_draws(law, samples, np.log(rows.N.to_numpy(float)), np.log(rows.D.to_numpy(float)), anchors)
+        scale = np.sqrt(samples["sigma"][:, None] ** 2 + (0 if se is None else se[idx]) ** 2)
+        draws = np.exp(mu + scale * rng.standard_t(nu, size=mu.shape))
+        q05[idx], q50[idx], q95[idx] = np.quantile(draws, [0.05, 0.5, 0.95], axis=0)
+        lp = student_t.logpdf(np.log(rows.loss.to_numpy(float)), nu, loc=mu, scale=scale)
+        lpd[idx] = logsumexp(lp, axis=0) - np.log(lp.shape[0])
+    y = test.loss.to_numpy(float)
+    err = np.abs(q50 / y - 1)
+    c4 = (test.eval_set == "c4_val").to_numpy()
+    by_set = {es: {"median_error": float(np.median(err[(test.eval_set == es).to_numpy()])),
+                   "cover90": float(np.mean(((y >= q05) & (y <= q95))[(test.eval_set == es).to_numpy()])),
+                   "log_score": float(lpd[(test.eval_set == es).to_numpy()].sum())}
+              for es in test.eval_set.unique()}
+    return {"median_error_c4_val": float(np.median(err[c4])), "median_error_all": float(np.median(err)),
+            "by_eval_set": by_set,
+            "cover90": float(np.mean((y >= q05) & (y <= q95))), "width90": float(np.mean((q95 - q05) / q50)),
+            "log_score": float(lpd.sum()), "n": int(len(y))}
+
+
+def sampling(idata: Any, seconds: float) -> dict[str, Any]:
+    """Worst R-hat and bulk ESS over every sampled quantity (population, spreads, groups)."""
+    import arviz as az
+
+    post = idata.posterior
+    names = [v for v in post.data_vars if not str(v).startswith("g_log")]
+    rhat = az.rhat(post[names])
+    ess = az.ess(post[names], method="bulk")
+    return {"seconds": seconds, "max_r_hat": float(max(float(rhat[v].max()) for v in names)),
+            "min_ess_bulk": float(min(float(ess[v].min()) for v in names)),
+            "divergences": int(idata.sample_stats["diverging"].sum())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--law", default="chinchilla")
+    ap.add_argument("--poolings", nargs="+", default=list(POOLINGS), choices=list(POOLINGS))
+    ap.add_argument("--new-group", action="store_true", help="also fit two training sets and predict the third "
+                    "as a group with no runs")
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args(argv)
+
+    import bayescale as bs
+    from bayescale.inference import FitConfig, fit
+
+    t_all = time.perf_counter()
+    table = long_table(a.data)
+    runs = bs.load_runs(table)
+    train = runs[runs.N < 1e9].reset_index(drop=True)
+    test = runs[runs.N >= 1e9].reset_index(drop=True)
+    print(f"Gadre et al. 2024, long format: {runs.group.nunique()} groups; {len(train)} rows fitted "
+          f"(N < 1e9), {len(test)} held out (1.4B and 6.9B)", flush=True)
+    results: dict[str, Any] = {}
+    # the ungrouped fit of the same rows, timed in this process (one law, one noise, no groups)
+    flat = train.assign(group="all")
+    fit(flat, FitConfig(law=a.law), quiet=True)  # compile
+    t0 = time.perf_counter()
+    fit(flat, FitConfig(law=a.law, seed=1), quiet=True)
+    results["ungrouped_seconds"] = time.perf_counter() - t0
+    for name in a.poolings:
+        cfg = FitConfig(law=a.law, group_factors=FACTORS, **POOLINGS[name])
+        t0 = time.perf_counter()
+        fit(train, cfg, quiet=True)  # first: compiles
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        idata = fit(train, replace(cfg, seed=1), quiet=True)
+        warm = time.perf_counter() - t0
+        results[name] = {**held_out_scores(idata, test), **sampling(idata, warm), "first_seconds": first}
+        r = results[name]
+        print(f"{name:9s} c4_val err {100 * r['median_error_c4_val']:.2f}%  "
+              f"all err {100 * r['median_error_all']:.2f}%  "
+              f"cover90 {r['cover90']:.2f}  width90 {100 * r['width90']:.1f}%  log score {r['log_score']:.1f}  "
+              f"| {warm:.1f} s (first {first:.1f} s), R-hat {r['max_r_hat']:.3f}, ESS {r['min_ess_bulk']:.0f}, "
+              f"{r['divergences']} div", flush=True)
+    print(f"ungrouped fit of the same {len(train)} rows: {results['ungrouped_seconds']:.1f} s", flush=True)
+    if a.new_group:
+        # a training set with no runs: fit the other two (all their models), predict every loss of
+        # the third under the population predictive (`--group new`)
+        left = "rw_original"
+        seen = runs[runs.dataset != left].reset_index(drop=True)
+        unseen = runs[runs.dataset == left].reset_index(drop=True)
+        idata = fit(seen, FitConfig(law=a.law, group_factors=FACTORS), quiet=True)
+        r = held_out_scores(idata, unseen.assign(group="new"))
+        results["new_group"] = {"left_out": left, **r}
+        print(f"new group ({left} left out, {len(unseen)} losses), --group new: cover90 {r['cover90']:.2f}, "
+              f"width90 {100 * r['width90']:.1f}%, median error {100 * r['median_error_all']:.2f}%", flush=True)
+
+    if "pooled" in results:
+        p = results["pooled"]
+        rules = [
+            ("median error on c4_val <= 1%", p["median_error_c4_val"] <= 0.01,
+             f"{100 * p['median_error_c4_val']:.2f}%"),
+            (">= 85% of the 72 inside their 90% intervals", p["cover90"] >= 0.85, f"{p['cover90']:.2f}"),
+            ("max R-hat <= 1.01", p["max_r_hat"] <= 1.01, f"{p['max_r_hat']:.4f}"),
+            ("no divergences", p["divergences"] == 0, str(p["divergences"])),
+            ("bulk ESS >= 400", p["min_ess_bulk"] >= 400, f"{p['min_ess_bulk']:.0f}"),
+            ("fit under 60 s", p["seconds"] < 60, f"{p['seconds']:.1f} s"),
+        ]
+        if "new_group" in results:
+            n = results["new_group"]
+            rules.append(("a new group's 90% intervals cover >= 80% of its losses", n["cover90"] >= 0.8,
+                          f"{n['cover90']:.2f}"))
+        others = [k for k in ("one", "separate") if k in results]
+        if others:
+            best = max(results[k]["log_score"] for k in others)
+            rules.append(("pooled log score beats one-for-all and separate", p["log_score"] > best,
+                          f"{p['log_score']:.1f} vs {best:.1f}"))
+        print("\nacceptance (issue 9):")
+        for text, ok, got in rules:
+            print(f"  [{'ok' if ok else 'NO'}] {text}: {got}")
+    print(f"\n({time.perf_counter() - t_all:.0f} s)")
+    if a.json:
+        a.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
