@@ -209,3 +209,43 @@ def test_cli_grouped_fit_and_commands(tmp_path, capsys):
     # a grouped posterior needs a group where one answer is asked for
     assert main(["predict", str(out), "--N", "1e9", "--D", "2e10", "--allow-unconverged"]) == 2
     assert "--group" in capsys.readouterr().err
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+OPEN_ATHENA = GADRE.parents[1] / "isoflops-open-athena" / "isoflops_extract.csv"
+
+
+def _readme_fit(marker: str) -> list[str]:
+    """The README's `bayescale fit` command whose source contains ``marker``, as argv."""
+    import shlex
+
+    text = README.read_text().replace("\\\n", " ")
+    line = next(ln for ln in text.splitlines() if ln.strip().startswith("bayescale fit") and marker in ln)
+    return shlex.split(line.split("#")[0])[1:]
+
+
+@pytest.mark.parametrize("experiment", ["comma", "dclm", "nemotron"])
+def test_readme_marin_command_fits_each_experiment(experiment, tmp_path, capsys):
+    """The README's one-command fit of a table with its own column names, for every Marin ladder."""
+    if not OPEN_ATHENA.exists():
+        pytest.skip("the shared Open-Athena table is not beside the repository")
+    argv = [a.replace("../shared", str(GADRE.parents[2])).replace("comma", experiment) for a in _readme_fit("isoflops")]
+    argv += ["--law", "chinchilla", "--chains", "2", "--warmup", "200", "--draws", "200",
+             "--out", str(tmp_path / "m.nc"), "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert 50 <= out["n_obs"] <= 120 and 0.1 < out["params"]["alpha"]["q50"] < 1.5
+
+
+def test_readme_gadre_command_fits_groups(tmp_path, capsys):
+    """The README's grouped Gadre command, as written (fewer draws): three groups, measurement error."""
+    if not GADRE.exists():
+        pytest.skip("the shared Gadre table is not beside the repository")
+    argv = [a.replace("../shared", str(GADRE.parents[2])) for a in _readme_fit("gadre")]
+    argv = [a if a != "models/gadre.nc" else str(tmp_path / "g.nc") for a in argv]
+    assert main([*argv, "--chains", "2", "--warmup", "200", "--draws", "200", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert sorted(out["groups"]) == ["c4_original", "rpj", "rw_original"] and out["n_obs"] == 104
+    from bayescale.store import load_posterior
+
+    assert float(load_posterior(tmp_path / "g.nc").constant_data["se"].max()) > 0
