@@ -450,9 +450,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         if args.N is None or args.D is None:
             raise InputError("give --N and --D (or --at TABLE)", field="--N" if args.N is None else "--D")
-        if len(args.N) != len(args.D) and 1 not in (len(args.N), len(args.D)):
-            raise InputError(f"--N has {len(args.N)} values and --D {len(args.D)}; give one D per N (or one "
-                             "value of either, used with every value of the other)", field="--D")
         N, D = args.N, args.D
     idata = load_posterior(args.model)
     _usable(idata, args)
@@ -677,6 +674,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except InputError as e:
         print(f"bayescale {args.command}: error: {e}", file=sys.stderr)
+        if getattr(args, "json", False):  # the --json promise holds for errors too: one object on stdout
+            _emit_json({"error": e.detail, "field": e.field, "file": e.file})
         return 2
     except KeyboardInterrupt:
         print(f"bayescale {args.command}: interrupted", file=sys.stderr)

@@ -125,5 +125,16 @@ def test_real_process_bad_input_no_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "bayescale.cli", "fit", str(p), "--json"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
-    assert r.stdout == ""
+    assert json.loads(r.stdout) == {"error": "missing column(s) loss; expected N, D, loss (found: N, D)",
+                                    "field": "loss", "file": str(p)}  # DESIGN.md: --json errors too
     assert "Traceback" not in r.stderr and "t.csv" in r.stderr and "'loss'" in r.stderr
+
+
+def test_json_error_is_one_object_on_stdout(tmp_path, capsys):
+    """With --json a bad input still prints exactly one JSON object on stdout (and exits 2)."""
+    src = csv(tmp_path, good_rows())
+    code = main(["fit", str(src), "--filter", "N > 1e30", "--json"])
+    captured = capsys.readouterr()
+    assert code == 2
+    obj = json.loads(captured.out)
+    assert set(obj) == {"error", "field", "file"} and obj["field"] == "--filter" and "kept no runs" in obj["error"]
