@@ -498,6 +498,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .store import load_posterior
 
     idata = load_posterior(args.model)
+    from .store import groups_of
+
+    if groups_of(idata):  # the simulations would draw one law for all the runs and ignore the groups
+        raise InputError("check --sbc works on ungrouped posteriors for now; fit the design without --group "
+                         "(e.g. one group's runs) and check that", file=args.model, field="--sbc")
     if args.sbc < 20:
         raise InputError(f"expected at least 20 replicates (ranks of fewer say little), got {args.sbc}", field="--sbc")
 

@@ -209,6 +209,9 @@ def test_cli_grouped_fit_and_commands(tmp_path, capsys):
     # a grouped posterior needs a group where one answer is asked for
     assert main(["predict", str(out), "--N", "1e9", "--D", "2e10", "--allow-unconverged"]) == 2
     assert "--group" in capsys.readouterr().err
+    # simulation-based calibration of a grouped posterior is refused, not silently ungrouped
+    assert main(["check", str(out), "--sbc", "20"]) == 2
+    assert "ungrouped" in capsys.readouterr().err
 
 
 README = Path(__file__).resolve().parents[1] / "README.md"
