@@ -183,6 +183,7 @@ def test_unconverged_posterior_is_refused_unless_allowed(averaged, tmp_path, cap
     assert main(["optimal", str(bad), "--compute", "1e21", "--allow-unconverged"]) == 0
     cap = capsys.readouterr()
     assert "N_opt" in cap.out and "unconverged" in cap.err
-    # with --json the refusal is still exit 2 and no output on stdout
+    # with --json the refusal is still exit 2, and stdout holds one JSON object saying why (DESIGN.md)
     assert main(["optimal", str(bad), "--compute", "1e21", "--json"]) == 2
-    assert capsys.readouterr().out == ""
+    obj = json.loads(capsys.readouterr().out)
+    assert "not converged" in obj["error"] and obj["file"] == str(bad)
