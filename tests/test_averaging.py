@@ -119,6 +119,7 @@ def small_family(tmp_path_factory):
     return bs.load_posterior(path), runs
 
 
+@pytest.mark.slow
 def test_averaged_file_layout_and_law_views(small_family):
     from bayescale.store import law_view, laws_of, metadata, weights_of
 
@@ -143,6 +144,7 @@ def test_averaged_file_layout_and_law_views(small_family):
     assert set(bs.param_draws(idata, law="shared")) == {"E", "A", "B", "alpha", "sigma"}
 
 
+@pytest.mark.slow
 def test_mixture_draws_follow_the_weights(small_family):
     from bayescale.posterior import exponents, mixture
     from bayescale.store import weights_of
@@ -158,6 +160,7 @@ def test_mixture_draws_follow_the_weights(small_family):
     assert np.mean(a == 0.5) == pytest.approx(w["shared"], abs=2 / S)
 
 
+@pytest.mark.slow
 def test_predictions_widen_beyond_the_runs_and_not_inside(small_family):
     from bayescale.posterior import predict_draws
     from bayescale.store import law_view, laws_of
@@ -176,6 +179,7 @@ def test_predictions_widen_beyond_the_runs_and_not_inside(small_family):
     assert q(mix, 0.95)[1] > max(q(v, 0.95)[1] for v in laws.values())
 
 
+@pytest.mark.slow
 def test_forward_validation_refits_and_psis(small_family):
     from bayescale.store import metadata
 

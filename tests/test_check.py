@@ -20,6 +20,7 @@ def design():
     return N, D, Anchors.from_data(N, D, y)
 
 
+@pytest.mark.slow
 def test_sbc_ranks_and_summary(design):
     N, D, anchors = design
     priors = resolve_priors("shared", anchors)
@@ -36,6 +37,7 @@ def test_sbc_ranks_and_summary(design):
     assert 0.75 <= cover <= 1.0
 
 
+@pytest.mark.slow
 def test_sbc_flags_a_posterior_that_is_too_sure(design):
     """Refits whose exponent prior is far narrower than the simulation's: the truth falls outside
     their intervals and piles up at the ends of the rank histogram."""
@@ -49,6 +51,7 @@ def test_sbc_flags_a_posterior_that_is_too_sure(design):
     assert q["p"] < 1e-4 and q["coverage90"] < 0.5 and not q["ok"]
 
 
+@pytest.mark.slow
 def test_check_command(tmp_path, capsys):
     from bayescale.cli import main
 

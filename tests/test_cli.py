@@ -29,6 +29,7 @@ def run_json(capsys, argv):
     return json.loads(out)  # exactly one JSON document, nothing else on stdout
 
 
+@pytest.mark.slow
 def test_fit_summary_optimal_predict_json(fitted, capsys):
     d, src = fitted
     out = d / "m.nc"
@@ -63,6 +64,7 @@ def test_fit_summary_optimal_predict_json(fitted, capsys):
     capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_predict_at_table(fitted, capsys):
     d, src = fitted
     out = d / "m2.nc"
@@ -94,6 +96,7 @@ def averaged(fitted):
     return out, json.loads(buf.getvalue())
 
 
+@pytest.mark.slow
 def test_default_fit_is_the_averaged_family(averaged):
     out, fit = averaged
     assert fit["law"] == "averaged" and fit["n_obs"] == 60
@@ -114,6 +117,7 @@ def test_default_fit_is_the_averaged_family(averaged):
     assert set(fit["compute_optimal"]) == {"a", "b"}
 
 
+@pytest.mark.slow
 def test_summary_and_compare_show_the_weights(averaged, capsys):
     out, fit = averaged
     summ = run_json(capsys, ["summary", str(out), "--json"])
@@ -133,6 +137,7 @@ def test_summary_and_compare_show_the_weights(averaged, capsys):
     assert comp["lfo_cuts"] == fit["averaging"]["cuts"]
 
 
+@pytest.mark.slow
 def test_extrapolation_flags_in_optimal_and_predict(averaged, capsys):
     out, _ = averaged
     # the simulated runs: N in [1e7, 1e10], 2-200 tokens per parameter (conftest.simulate)
@@ -169,6 +174,7 @@ def _corrupted(src, dst, how):
     return dst
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["rhat", "divergent"])
 def test_unconverged_posterior_is_refused_unless_allowed(averaged, tmp_path, capsys, how):
     out, _ = averaged

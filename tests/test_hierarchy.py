@@ -110,6 +110,7 @@ def test_parameter_recovery(law, truth):
     assert sum(inside) >= 14, inside
 
 
+@pytest.mark.slow
 def test_one_group_is_the_ungrouped_model():
     """With nothing varying across groups, the grouped model's density is the ungrouped one's."""
     r = np.random.default_rng(0)
@@ -167,6 +168,7 @@ def test_borrowing_strength(gadre_c4):
     assert lo < full_mid < hi
 
 
+@pytest.mark.slow
 def test_cli_grouped_fit_and_commands(tmp_path, capsys):
     """fit --group with two group columns, then summary, optimal, predict --at (rows in the table's
     order, each under its own group) and --group new, through the CLI."""
@@ -227,6 +229,7 @@ def _readme_fit(marker: str) -> list[str]:
     return shlex.split(line.split("#")[0])[1:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", ["comma", "dclm", "nemotron"])
 def test_readme_marin_command_fits_each_experiment(experiment, tmp_path, capsys):
     """The README's one-command fit of a table with its own column names, for every Marin ladder."""
@@ -240,6 +243,7 @@ def test_readme_marin_command_fits_each_experiment(experiment, tmp_path, capsys)
     assert 50 <= out["n_obs"] <= 120 and 0.1 < out["params"]["alpha"]["q50"] < 1.5
 
 
+@pytest.mark.slow
 def test_readme_gadre_command_fits_groups(tmp_path, capsys):
     """The README's grouped Gadre command, as written (fewer draws): three groups, measurement error."""
     if not GADRE.exists():

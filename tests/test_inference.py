@@ -14,6 +14,7 @@ from bayescale.posterior import exponents, param_draws
 from .conftest import EPOCH, TRUE_CHINCHILLA, TRUE_KAPLAN, simulate
 
 
+@pytest.mark.slow
 def test_chinchilla_medians_within_one_epoch_se(chinchilla_fit):
     idata, _ = chinchilla_fit
     draws = param_draws(idata)
@@ -22,6 +23,7 @@ def test_chinchilla_medians_within_one_epoch_se(chinchilla_fit):
         assert abs(med - value) <= se, (name, med, value, se)
 
 
+@pytest.mark.slow
 def test_chinchilla_share_a_interval_contains_epoch_and_excludes_hoffmann(chinchilla_fit):
     idata, _ = chinchilla_fit
     a = exponents(idata)["a"]
@@ -32,6 +34,7 @@ def test_chinchilla_share_a_interval_contains_epoch_and_excludes_hoffmann(chinch
     assert 0.066 / 3 < hi - lo < 0.066 * 3
 
 
+@pytest.mark.slow
 def test_chinchilla_diagnostics_clean(chinchilla_fit):
     d = bs.diagnostics(chinchilla_fit[0])
     assert d["max_r_hat"] <= 1.01
@@ -63,6 +66,7 @@ CASES = [  # (law, truth, n, noise, seed)
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("law,truth,n,noise,seed", CASES, ids=[f"{c[0]}-n{c[2]}-noise{c[3]}" for c in CASES])
 def test_parameter_recovery(law, truth, n, noise, seed):
     runs = bs.load_runs(simulate(law, truth, n, noise, seed))
@@ -105,6 +109,7 @@ def test_same_seed_same_numbers():
     assert not np.array_equal(a["alpha"], c["alpha"])
 
 
+@pytest.mark.slow
 def test_same_seed_same_averaged_fit():
     from bayescale.store import metadata
 
@@ -125,6 +130,7 @@ def test_prior_override_is_used_and_recorded():
     assert abs(float(np.median(param_draws(idata)["alpha"])) - np.exp(-1.0)) < 0.01
 
 
+@pytest.mark.slow
 def test_prior_overrides_of_an_averaged_fit_go_to_the_laws_that_have_the_site():
     from bayescale.store import law_view
 
@@ -141,6 +147,7 @@ def test_prior_overrides_of_an_averaged_fit_go_to_the_laws_that_have_the_site():
         bs.fit(runs, bs.FitConfig(priors=(("kaplan.alpha", "LogNormal(0, 1)"),)), quiet=True)
 
 
+@pytest.mark.slow
 def test_diagnostics_warn_on_short_chains():
     runs = bs.load_runs(simulate("chinchilla", TRUE_CHINCHILLA, 40, 0.02, 9))
     idata = bs.fit(runs, bs.FitConfig(law="chinchilla", chains=2, warmup=30, draws=30), quiet=True)
@@ -148,6 +155,7 @@ def test_diagnostics_warn_on_short_chains():
     assert any("effective sample size" in x for x in w)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("law", ["chinchilla", "kaplan", "shared"])
 def test_every_law_converges_on_a_real_table_that_used_to_stall(law):
     """The Marin comma ladder below 1e20 FLOP (tests/data/README.md): the Kaplan law's chains

@@ -12,6 +12,9 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
+# every figure here draws from fitted posteriors (module fixtures): the quick subset skips them
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def small_fit(chinchilla_runs, tmp_path_factory):
@@ -52,6 +55,7 @@ def _band_halfwidth_rel(band):
     return xs, (hi - lo) / hi
 
 
+@pytest.mark.slow
 def test_frontier_bands_widen_beyond_data(small_fit):
     from bayescale import plots
 
@@ -167,6 +171,7 @@ def test_slices_pairs_trace_ppc(small_fit):
     assert fig.axes[1].get_xlabel().startswith("N") and fig.axes[2].get_xlabel().startswith("D")
 
 
+@pytest.mark.slow
 def test_plot_cli_writes_every_figure(small_fit, tmp_path, capsys):
     import json
 
@@ -195,6 +200,7 @@ def test_plot_cli_bad_input(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "missing.nc")]) == 2
 
 
+@pytest.mark.slow
 def test_compare_table_and_mismatch(small_fit, chinchilla_runs, tmp_path, capsys):
     import json
 
@@ -236,6 +242,7 @@ def report_html(small_fit, tmp_path_factory):
     return out / "chinchilla-report.html"
 
 
+@pytest.mark.slow
 def test_report_is_self_contained(report_html, small_fit):
     from bayescale.plots import figure_jobs
 

@@ -41,6 +41,7 @@ def test_study_covers_the_plan(runs):
     assert runs[runs.N == runs.N.max()].D.min() <= 1.1e5
 
 
+@pytest.mark.slow
 def test_readme_main_job_on_the_study(tmp_path, capsys):
     """`bayescale fit runs/` with the default sampler: converged, and a narrower than 0.3."""
     out = tmp_path / "runs.nc"

@@ -81,6 +81,7 @@ def test_budget_beyond_training_split_is_refused(corpus, tmp_path):
     assert list(tmp_path.iterdir()) == []  # no empty run folder left behind
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_equals_uninterrupted(corpus, corpus_dir, tmp_path):
     ref = _run(corpus, tmp_path / "ref", tokens=16 * 8 * 150)
     runs = tmp_path / "killed"
@@ -159,6 +160,7 @@ def test_lock_keeps_a_second_worker_off_a_live_run(corpus, tmp_path):
     assert not (run_dir / ".lock").exists()  # released at the end
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_match_one(corpus_dir, tmp_path):
     """`torchrun --nproc_per_node 2` (gloo on CPU) gives one record and the single-process loss."""
     torchrun = Path(sys.executable).parent / "torchrun"
