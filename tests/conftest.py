@@ -58,3 +58,13 @@ def chinchilla_fit(chinchilla_runs, tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "chinchilla.nc"
     bs.save_posterior(idata, path)
     return bs.load_posterior(path), path
+
+
+def write_toy_corpus(src) -> None:
+    """Ten small text files of random words in ``src``: a corpus the trainer's tests tokenize in seconds."""
+    src.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    words = ["the", "king", "queen", "lord", "and", "of", "thou", "art", "shall", "love", "night"]
+    for i in range(10):
+        text = "\n".join(" ".join(rng.choice(words, size=10)) for _ in range(300))
+        (src / f"d{i}.txt").write_text(text + "\n")

@@ -6,6 +6,8 @@ import time
 import numpy as np
 import pytest
 
+from tests.conftest import write_toy_corpus
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("tokenizers")
 
@@ -21,14 +23,8 @@ TRAIN = dict(batch_size=B, eval_tokens=256, threads=1, ckpt_seconds=1e9)
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
-    src = root / "txt"
-    src.mkdir()
-    rng = np.random.default_rng(1)
-    words = ["the", "king", "queen", "lord", "and", "of", "thou", "art", "shall", "love", "night"]
-    for i in range(10):
-        text = "\n".join(" ".join(rng.choice(words, size=10)) for _ in range(300))
-        (src / f"d{i}.txt").write_text(text + "\n")
-    return load_corpus(str(src), vocab_size=300, cache=root / "cache")
+    write_toy_corpus(root / "txt")
+    return load_corpus(str(root / "txt"), vocab_size=300, cache=root / "cache")
 
 
 @pytest.fixture

@@ -6,8 +6,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from tests.conftest import write_toy_corpus
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("tokenizers")
@@ -25,13 +26,7 @@ TRAIN = dict(tokens=16 * 8 * 60, batch_size=8, eval_tokens=512, threads=1, ckpt_
 @pytest.fixture(scope="module")
 def corpus_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
-    src = root / "txt"
-    src.mkdir()
-    rng = np.random.default_rng(1)
-    words = ["the", "king", "queen", "lord", "and", "of", "thou", "art", "shall", "love", "night"]
-    for i in range(10):
-        text = "\n".join(" ".join(rng.choice(words, size=10)) for _ in range(300))
-        (src / f"d{i}.txt").write_text(text + "\n")
+    write_toy_corpus(root / "txt")
     return root
 
 
