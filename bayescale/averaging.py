@@ -284,10 +284,9 @@ def stacking_weights(
 
 def psis_log_weights(log_ratios: np.ndarray) -> tuple[np.ndarray, float]:
     """Pareto-smoothed normalised log importance weights and the Pareto k diagnostic."""
-    from ._arviz import az
+    from .convergence import psis
 
-    lw, k = az.psislw(np.asarray(log_ratios, float))
-    return np.asarray(lw), float(k)
+    return psis(log_ratios)
 
 
 def mixture_counts(weights: Sequence[float], total: int) -> np.ndarray:
@@ -320,7 +319,7 @@ class Fold:
 
 
 def forward_folds(runs: Any, law: str, config: Any, rng_key: Any, *, quiet: bool = True,
-                  warm_start: Any = None) -> tuple[list[float], list[Fold]]:
+                  warm_start: Any = None, progress: str | None = None) -> tuple[list[float], list[Fold]]:
     """Leave-future-out predictions of ``law`` at the cut points of ``runs``.
 
     The first cut is an exact refit of the runs below it (priors anchored on those runs, as a
@@ -329,7 +328,8 @@ def forward_folds(runs: Any, law: str, config: Any, rng_key: Any, *, quiet: bool
     those weights exceeds :data:`PARETO_K_MAX` (or ``config.psis`` is off). Exact refits start
     from ``warm_start`` (the full fit's chains and adaptation) where given. A grouped table is
     refitted grouped (every group's law scores its own runs), with runs' measurement errors
-    where the table has them.
+    where the table has them. ``progress`` (the law's stage label) shows a progress line on
+    stderr for each exact refit ("LABEL, forward cut 2/3"); None shows none.
     """
     import jax
 
@@ -362,7 +362,8 @@ def forward_folds(runs: Any, law: str, config: Any, rng_key: Any, *, quiet: bool
             priors = resolve_priors(law, anchors, dict(config.priors))
             draws = sample_law(law, lN, lD, ly, anchors=anchors, priors=priors, config=cfg,
                                rng_key=jax.random.fold_in(rng_key, k), mask=m, warm_start=warm_start,
-                               group=gi, pooling=grp.pooling, se=se)
+                               group=gi, pooling=grp.pooling, se=se,
+                               progress=None if progress is None else f"{progress}, forward cut {k + 1}/{len(cuts)}")
             flat = {s: v.reshape(-1, *v.shape[2:]) for s, v in draws.samples.items()}
             ref, lw = (m, flat, anchors), None
         fut = np.flatnonzero(~m)
@@ -443,10 +444,12 @@ def calibrate(laws: Sequence[str], y: np.ndarray, folds: dict[str, list[Fold]], 
 
 
 def fit_family(runs: Any, config: Any, *, quiet: bool = False, source: str | None = None,
-               filter: str | None = None) -> Any:  # noqa: A002
+               filter: str | None = None, progress: bool = False) -> Any:  # noqa: A002
     """Fit every law of ``config.family``, validate them forward, and store the weighted family.
 
     See the module docstring for the method and :mod:`bayescale.store` for the file's layout.
+    ``progress`` shows a progress line on stderr for each sampler it runs (each law's full fit and
+    forward refits: "kaplan law 2/3, forward cut 1/3").
     """
     import time
 
@@ -464,8 +467,11 @@ def fit_family(runs: Any, config: Any, *, quiet: bool = False, source: str | Non
                for law in laws}  # every override checked before any fitting
     for j, law in enumerate(laws):
         k_fit, k_lfo = jax.random.split(jax.random.fold_in(key, j))
-        fits[law] = fit_law(runs, law, per_law[law], k_fit, quiet=quiet, family=tuple(laws))
-        cuts, folds[law] = forward_folds(runs, law, per_law[law], k_lfo, quiet=quiet, warm_start=fits[law].adapted)
+        stage = f"{law} law {j + 1}/{len(laws)}" if progress else None
+        fits[law] = fit_law(runs, law, per_law[law], k_fit, quiet=quiet, family=tuple(laws),
+                            progress=None if stage is None else f"{stage}, all runs")
+        cuts, folds[law] = forward_folds(runs, law, per_law[law], k_lfo, quiet=quiet, warm_start=fits[law].adapted,
+                                         progress=stage)
     cal = calibrate(laws, np.log(runs["loss"].to_numpy(float)), folds, likelihood=config.likelihood, nu=config.nu)
     rng = np.random.default_rng(config.seed)
     shape = fits[laws[0]].diverging.shape

@@ -1,7 +1,7 @@
 """The ``bayescale`` command.
 
 Every subcommand takes ``--json`` and then prints exactly one JSON object on stdout; progress
-and logs go to stderr (and are silent under ``--json``). Exit status: 0 success, 2 bad input
+and logs go to stderr (and are silent under ``--json`` and ``--quiet``). Exit status: 0 success, 2 bad input
 (a one-line message naming the file or field), 1 anything else. Heavy libraries (JAX,
 NumPyro, ArviZ, PyTorch) are imported inside the commands, so ``bayescale --help`` is fast.
 """
@@ -82,8 +82,13 @@ def _interval_row(name: str, s: dict[str, float], extra: list[str] | None = None
 INTERVAL_HEADER = ["", "mean", "sd", "q05", "q50", "q95"]
 
 
+def _quiet(args: argparse.Namespace) -> bool:
+    """No chatter on stderr: ``--json`` keeps the terminal for its one object, ``--quiet`` asks for it."""
+    return bool(getattr(args, "json", False) or getattr(args, "quiet", False))
+
+
 def _log(args: argparse.Namespace, msg: str) -> None:
-    if not getattr(args, "json", False):
+    if not _quiet(args):
         print(msg, file=sys.stderr, flush=True)
 
 
@@ -123,18 +128,84 @@ def _default_out(source: str, law: str | None) -> Path:
     return Path(DEFAULT_MODELS_DIR) / (f"{stem}-{law}.nc" if law else f"{stem}.nc")
 
 
-def _check_out(out: Path) -> None:
-    """Refuse to overwrite a file that is not a bayescale posterior (nothing the user had is lost)."""
+def _check_out(out: Path) -> dict[str, Any] | None:
+    """Refuse to overwrite a file that is not a bayescale posterior (nothing the user had is lost).
+
+    Returns the metadata of the posterior already at ``out``, or None if there is none.
+    """
     if out.is_dir():
         raise InputError("is a directory; expected a path for the .nc posterior", file=str(out), field="--out")
     if out.exists():
-        from .store import load_posterior
+        from .store import load_posterior, metadata
 
         try:
-            load_posterior(out)
+            return metadata(load_posterior(out))
         except InputError:
             raise InputError("exists and is not a bayescale posterior; refusing to overwrite it "
                              "(choose another --out)", file=str(out), field="--out") from None
+    return None
+
+
+#: FitConfig fields that are command-line options, by the option's name
+_CONFIG_OPTIONS = {"law": "--law", "chains": "--chains", "warmup": "--warmup", "draws": "--draws", "seed": "--seed",
+                   "likelihood": "--likelihood", "nu": "--nu", "target_accept": "--target-accept",
+                   "priors": "--prior", "pool": "--pool", "share": "--share", "separate": "--separate"}
+
+
+def _refit_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What makes a fit with metadata ``new`` another fit than the posterior with metadata ``old``.
+
+    Empty when ``new`` re-runs the command that wrote ``old`` (same source, same loaded table, same
+    filter, grouping and options, seed included): it reproduces the file, so it may replace it.
+    Library versions are not compared: a re-run after an upgrade is still the same fit asked for.
+    """
+    show = lambda v: "none" if v in (None, []) else v if isinstance(v, str) else json.dumps(v)  # noqa: E731
+    diffs: list[str] = []
+
+    def differ(name: str, was: Any, now: Any) -> None:
+        if was != now:
+            diffs.append(f"{name} {show(was)}, now {show(now)}")
+
+    src = [old.get("source"), new.get("source")]
+    if os.path.normpath(str(src[0])) != os.path.normpath(str(src[1])):
+        differ("source", *src)
+    differ("--filter", old.get("filter"), new.get("filter"))
+    differ("--group", *(",".join(m.get("group_columns") or []) or None for m in (old, new)))
+    oc, nc = old.get("config", {}), new.get("config", {})
+    for k in [*nc, *(k for k in oc if k not in nc)]:
+        differ(_CONFIG_OPTIONS.get(k, k), oc.get(k), nc.get(k))
+    if old.get("data_sha256") != new.get("data_sha256"):
+        diffs.append("other data" if diffs else "other data (the table loaded from the same source has changed)")
+    return diffs
+
+
+def _check_priors(runs: Any, cfg: Any) -> None:
+    """Check the prior overrides as the fit will (names, distributions): a bad --prior is then the
+    error a user sees, before whether the fit may replace an existing file."""
+    from .models import Anchors, law_overrides, resolve_priors
+    from .store import AVERAGED
+
+    anchors = Anchors.from_data(*(runs[c].to_numpy(float) for c in ("N", "D", "loss")))
+    if cfg.law != AVERAGED:
+        resolve_priors(cfg.law, anchors, dict(cfg.priors))
+        return
+    for law in cfg.family:
+        resolve_priors(law, anchors, law_overrides(law, dict(cfg.priors), tuple(cfg.family)))
+
+
+def _check_overwrite(out: Path, old: dict[str, Any] | None, new: dict[str, Any], force: bool) -> None:
+    """Refuse, before any sampling, to replace a posterior that this fit would not reproduce."""
+    if old is None or force:
+        return
+    if "data_sha256" not in old:
+        raise InputError("exists and records no fingerprint of the data it was fitted to (an older bayescale "
+                         "wrote it), so this fit cannot be shown to reproduce it; refusing to overwrite it: "
+                         "--force replaces it, or choose another --out", file=str(out), field="--out")
+    new = json.loads(json.dumps(new, default=_json_default))  # tuples as lists, numbers as the file has them
+    diffs = _refit_differences(old, new)
+    if diffs:
+        raise InputError(f"exists and holds another fit ({'; '.join(diffs)}); refusing to overwrite it: "
+                         "--force replaces it, or choose another --out", file=str(out), field="--out")
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -151,22 +222,27 @@ def cmd_fit(args: argparse.Namespace) -> int:
                                  field="--group")
         runs["group"] = group_labels(runs, cols)
         runs.attrs["group_columns"] = cols
-    for line in report.lines():
-        print(f"bayescale: {line}", file=sys.stderr)
+    if not args.quiet:
+        for line in report.lines():
+            print(f"bayescale: {line}", file=sys.stderr)
     out = Path(args.out) if args.out else _default_out(args.source, args.law)
     if out.suffix != ".nc":
         raise InputError("expected a path ending in .nc", file=str(out), field="--out")
-    _check_out(out)
+    existing = _check_out(out)
 
-    from .inference import FitConfig, diagnostics, fit
+    from .inference import MIN_RUNS, FitConfig, diagnostics, fit, run_metadata
     from .store import AVERAGED, save_posterior
 
     cfg = FitConfig(law=args.law or AVERAGED, chains=args.chains, warmup=args.warmup, draws=args.draws,
                     seed=args.seed, likelihood=args.likelihood, nu=args.nu, target_accept=args.target_accept,
                     priors=_parse_priors(args), pool=tuple(args.pool or ()), share=tuple(args.share or ()),
                     separate=tuple(args.separate or ()))
+    if existing is not None and not args.force and len(runs) >= MIN_RUNS:  # fewer: fit refuses before sampling
+        _check_priors(runs, cfg)
+        # decided before sampling: a refusal costs nothing
+        _check_overwrite(out, existing, run_metadata(runs, cfg, source=args.source, filter=args.filter), False)
     t0 = time.perf_counter()
-    idata = fit(runs, cfg, quiet=args.json, source=args.source, filter=args.filter)
+    idata = fit(runs, cfg, quiet=_quiet(args), source=args.source, filter=args.filter)
     try:
         save_posterior(idata, out)
     except OSError as e:
@@ -507,7 +583,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise InputError(f"expected at least 20 replicates (ranks of fewer say little), got {args.sbc}", field="--sbc")
 
     def progress(law: str, done: int, total: int) -> None:
-        if not args.json and (done == total or done % max(1, total // 10) < 4):
+        if not _quiet(args) and (done == total or done % max(1, total // 10) < 4):
             print(f"  {law}: {done}/{total} replicates", file=sys.stderr, flush=True)
 
     _log(args, f"simulation-based calibration of {args.model}: {args.sbc} replicates per law at its "
@@ -562,6 +638,48 @@ def _positive_float(s: str) -> float:
     return v
 
 
+def add_quiet(p: argparse.ArgumentParser) -> None:
+    """The option that silences a command's progress and notes on stderr (errors still go there)."""
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print nothing on stderr but errors: no progress, notes or warnings")
+
+
+class ShowDefaults(argparse.HelpFormatter):
+    """Help that ends each option's text with its default, unless the text already speaks of it.
+
+    Applied to every command once all are registered (:func:`show_defaults`), so an option added
+    anywhere (the trainer's, the figures') says what it does when not given without each module
+    repeating the number, and a changed default cannot leave its help out of date. A default of
+    None, False or SUPPRESS means "off" or "not given" and is left to the text.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        d = action.default
+        if (action.option_strings and text is not argparse.SUPPRESS and d is not None and d is not False
+                and d is not argparse.SUPPRESS and "default" not in text.lower()):
+            text += " (default: %(default)s)"
+        return text
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Give ``parser`` and every command under it the :class:`ShowDefaults` help, keeping any
+    other formatter a command chose (e.g. raw descriptions) beneath it."""
+    parsers, seen = [parser], set()
+    while parsers:
+        q = parsers.pop()
+        if id(q) in seen:
+            continue
+        seen.add(id(q))
+        if not issubclass(q.formatter_class, ShowDefaults):
+            base = q.formatter_class
+            q.formatter_class = (ShowDefaults if base is argparse.HelpFormatter
+                                 else type(f"ShowDefaults{base.__name__}", (ShowDefaults, base), {}))
+        for a in q._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                parsers.extend(a.choices.values())
+
+
 def add_allow_unconverged(p: argparse.ArgumentParser) -> None:
     """The option that lets a command use a posterior that failed the convergence checks."""
     p.add_argument("--allow-unconverged", action="store_true",
@@ -580,7 +698,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fit", help="fit a scaling law by NUTS and save the posterior (.nc)")
     f.add_argument("source", metavar="SOURCE",
-                   help="runs directory, CSV/Parquet table (N, D, loss), or a shipped example name (chinchilla)")
+                   help="runs directory, a table (CSV, TSV, JSON lines, Parquet) with N, D, loss, or a shipped "
+                        "example name (chinchilla)")
     f.add_argument("--law", choices=list(LAWS), default=None,
                    help="fit one law only (default: the whole family, averaged by forward validation)")
     f.add_argument("--group", metavar="COL[,COL...]",
@@ -596,54 +715,70 @@ def build_parser() -> argparse.ArgumentParser:
         f.add_argument(flag, nargs="+", metavar="NAME",
                        help=f"with --group, parameters {what}; names: L0, A, B, alpha, beta, sigma (chinchilla, "
                             "shared laws), L0, E, N_c, alpha_N, alpha_D, sigma (kaplan), or all")
-    f.add_argument("--filter", metavar="QUERY", help='pandas query over the table, e.g. "kept_by_epoch == 1"')
-    f.add_argument("--out", metavar="PATH.nc", help="where to save the posterior (default models/<source>-<law>.nc)")
-    f.add_argument("--chains", type=_positive_int, default=4)
-    f.add_argument("--warmup", type=_positive_int, default=1000)
-    f.add_argument("--draws", type=_positive_int, default=1000)
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--likelihood", choices=["student_t", "gaussian"], default="student_t")
+    f.add_argument("--filter", metavar="QUERY",
+                   help='pandas query over the table, e.g. "kept_by_epoch == 1" (default: every row)')
+    f.add_argument("--out", metavar="PATH.nc",
+                   help="where to save the posterior (default: models/<source>.nc, or models/<source>-<law>.nc "
+                        "with --law); an existing posterior of another fit is kept unless --force")
+    f.add_argument("--force", action="store_true",
+                   help="replace the posterior at --out even if it came from other data or options (without it, "
+                        "only a re-run of the same fit may replace it)")
+    f.add_argument("--chains", type=_positive_int, default=4,
+                   help="NUTS chains, run in parallel where JAX has a CPU device per chain")
+    f.add_argument("--warmup", type=_positive_int, default=1000,
+                   help="warm-up (adaptation) iterations per chain, not kept")
+    f.add_argument("--draws", type=_positive_int, default=1000, help="posterior draws kept per chain")
+    f.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same draws")
+    f.add_argument("--likelihood", choices=["student_t", "gaussian"], default="student_t",
+                   help="noise on log loss: Student-t (robust to the odd bad run) or Gaussian")
     f.add_argument("--nu", type=_positive_float, default=4.0, help="Student-t degrees of freedom (default 4)")
-    f.add_argument("--target-accept", type=float, default=0.9)
+    f.add_argument("--target-accept", type=float, default=0.9,
+                   help="NUTS target acceptance probability; raise it (e.g. 0.95-0.99) against divergences")
     f.add_argument("--prior", action="append", metavar="NAME=DIST",
                    help="override a prior, e.g. alpha='LogNormal(-1.2, 0.5)' (every law with an alpha) or "
                         "kaplan.alpha_D='...' (one law); repeatable")
-    f.add_argument("--priors-file", metavar="TOML", help="a TOML file with a [priors] table of NAME = \"DIST\"")
-    f.add_argument("--skip-invalid", action="store_true", help="load the valid runs and report the invalid ones")
+    f.add_argument("--priors-file", metavar="TOML",
+                   help="a TOML file with a [priors] table of NAME = \"DIST\" (--prior overrides it)")
+    f.add_argument("--skip-invalid", action="store_true",
+                   help="load the valid runs and report the invalid ones (default: refuse the whole load)")
     f.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_quiet(f)
     f.set_defaults(func=cmd_fit)
 
     s = sub.add_parser("summary", help="parameters, exponents and diagnostics of a saved posterior")
-    s.add_argument("model", metavar="MODEL.nc")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("model", metavar="MODEL.nc", help="a posterior written by bayescale fit")
+    s.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     s.set_defaults(func=cmd_summary)
 
     o = sub.add_parser("optimal", help="posterior of the compute-optimal N*, D*, loss at given budgets")
-    o.add_argument("model", metavar="MODEL.nc")
+    o.add_argument("model", metavar="MODEL.nc", help="a posterior written by bayescale fit")
     o.add_argument("--compute", type=_positive_float, nargs="+", required=True, metavar="C",
                    help="budget(s) in FLOP (C = 6ND)")
     add_allow_unconverged(o)
     o.add_argument("--group", metavar="NAME", help="a grouped posterior's group (any other name, e.g. new: a group "
                    "with no runs, from the population); default: every group")
-    o.add_argument("--json", action="store_true")
+    o.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_quiet(o)
     o.set_defaults(func=cmd_optimal)
 
     pr = sub.add_parser("predict", help="posterior predictive loss at given (N, D)")
-    pr.add_argument("model", metavar="MODEL.nc")
-    pr.add_argument("--N", type=_positive_float, nargs="+", help="non-embedding parameters")
+    pr.add_argument("model", metavar="MODEL.nc", help="a posterior written by bayescale fit")
+    pr.add_argument("--N", type=_positive_float, nargs="+", help="non-embedding parameters (one or more)")
     pr.add_argument("--D", type=_positive_float, nargs="+", help="training tokens (pairs with --N)")
     pr.add_argument("--at", metavar="TABLE", help="CSV/Parquet with columns N, D (and C, if compute is not 6ND)")
-    pr.add_argument("--no-noise", action="store_true", help="interval of the mean loss, without observation noise")
-    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--no-noise", action="store_true",
+                    help="interval of the mean loss, without observation noise (default: with it)")
+    pr.add_argument("--seed", type=int, default=0, help="seed of the predictive noise draws")
     pr.add_argument("--group", metavar="NAME", help="a grouped posterior's group for every row (new: a group with "
                     "no runs); default: each --at row's own group column(s)")
     add_allow_unconverged(pr)
-    pr.add_argument("--json", action="store_true")
+    pr.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_quiet(pr)
     pr.set_defaults(func=cmd_predict)
 
     c = sub.add_parser("check", help="simulation-based calibration of a fit: simulate from the prior, refit, "
                                      "rank the truth")
-    c.add_argument("model", metavar="MODEL.nc")
+    c.add_argument("model", metavar="MODEL.nc", help="a posterior written by bayescale fit")
     c.add_argument("--sbc", type=_positive_int, default=200, metavar="R",
                    help="replicates per law (default 200; about a minute per law on the Chinchilla design here)")
     c.add_argument("--law", nargs="+", choices=list(LAWS), help="laws to check (default: every law in the file)")
@@ -652,9 +787,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", metavar="DIR", help="where to write the rank histograms (default MODEL-check/)")
     c.add_argument("--seed", type=int, default=0, help="seed of the simulations and refits (default 0)")
     c.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_quiet(c)
     c.set_defaults(func=cmd_check)
 
     _add_optional_commands(sub)
+    show_defaults(p)  # after every command is registered, wherever it came from
     return p
 
 
@@ -666,7 +803,7 @@ def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     from importlib import import_module
     from importlib.util import find_spec
 
-    for name in ("bayescale.train.cli", "bayescale.plot_cli"):
+    for name in ("bayescale.train.cli", "bayescale.plot_cli", "bayescale.design_cli"):
         if find_spec(name) is not None:
             import_module(name).add_commands(sub)
 

@@ -1,8 +1,10 @@
 """Fit a scaling law by NUTS and keep everything later commands need in one InferenceData.
 
-The returned :class:`arviz.InferenceData` has groups ``posterior`` (sampled sites and the
-natural parameters), ``sample_stats``, ``log_likelihood`` (for LOO), ``prior``,
-``observed_data`` and ``constant_data`` (N, D, C, loss per run). Its
+The returned :class:`bayescale._idata.Posterior` (the layout of an ``arviz.InferenceData``,
+without importing ArviZ) has groups ``posterior`` (sampled sites and the natural parameters),
+``sample_stats``, ``log_likelihood`` (for LOO; not saved, since :func:`with_log_likelihood`
+recomputes it from the draws in a fraction of a second), ``prior``, ``observed_data`` and
+``constant_data`` (N, D, C, loss per run). Its
 ``posterior.attrs["bayescale"]`` holds, as JSON, the law, pivots, priors, likelihood, data
 source and filter, sampler options and library versions, so that ``optimal``, ``predict``,
 ``plot`` and ``design`` work from the NetCDF file alone.
@@ -13,7 +15,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
@@ -27,8 +28,9 @@ import pandas as pd
 from . import (
     __version__,
     _jax,  # noqa: F401  (float64, compilation cache)
+    convergence,
 )
-from ._arviz import az
+from ._idata import Posterior, from_arrays
 from .errors import InputError
 from .laws import LAWS, check_law
 from .models import (
@@ -197,10 +199,11 @@ def measurement_se(runs: pd.DataFrame) -> np.ndarray | None:
 
 
 def fit_law(runs: pd.DataFrame, law: str, config: FitConfig, rng_key: Any, *, quiet: bool = True,
-            family: tuple[str, ...] | None = None) -> LawFit:
+            family: tuple[str, ...] | None = None, progress: str | None = None) -> LawFit:
     """Fit one law to a validated table by NUTS (the parts; :func:`fit` makes the file's InferenceData).
 
     A table with several groups gets one law per group, pooled as ``config`` says (:class:`Groups`).
+    ``progress`` labels a progress line on stderr while it samples (None: no progress).
     """
     N, D, y = (runs[c].to_numpy(float) for c in ("N", "D", "loss"))
     anchors = Anchors.from_data(N, D, y)
@@ -214,7 +217,7 @@ def fit_law(runs: pd.DataFrame, law: str, config: FitConfig, rng_key: Any, *, qu
     t0 = time.perf_counter()
     draws = sample_law(law, np.log(N), np.log(D), np.log(y), anchors=anchors, priors=priors, config=config,
                        rng_key=key_mcmc, group=None if grp.pooling is None else grp.index,
-                       pooling=grp.pooling, se=se)
+                       pooling=grp.pooling, se=se, progress=progress)
     seconds = time.perf_counter() - t0
     log_lik = pointwise_log_lik(law, draws.samples, np.log(N), np.log(D), np.log(y), anchors=anchors,
                                 likelihood=config.likelihood, nu=config.nu, group=grp.index, se=se)
@@ -224,7 +227,7 @@ def fit_law(runs: pd.DataFrame, law: str, config: FitConfig, rng_key: Any, *, qu
 
 
 def build_idata(runs: pd.DataFrame, groups: dict[str, dict[str, np.ndarray]], meta: dict[str, Any],
-                grouping: Groups | None = None) -> az.InferenceData:
+                grouping: Groups | None = None) -> Posterior:
     """The posterior file's InferenceData: the fitted groups, the runs, and the metadata.
 
     A grouped fit's per-group variables (``g_NAME``, possibly ``LAW.g_NAME``) get a ``group``
@@ -256,28 +259,52 @@ def build_idata(runs: pd.DataFrame, groups: dict[str, dict[str, np.ndarray]], me
     se = measurement_se(runs)
     if se is not None:
         const["se"] = se
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # arviz notes about missing dims
-        idata = az.from_dict(**groups, observed_data={"log_loss": np.log(y)}, constant_data=const,
-                             coords=coords, dims=dims)
+    idata = from_arrays({**groups, "observed_data": {"log_loss": np.log(y)}, "constant_data": const},
+                        coords=coords, dims=dims)
     idata.posterior.attrs[META_KEY] = json.dumps(meta)
     return idata
 
 
+def _installed(dist: str) -> str | None:
+    """An installed distribution's version, read without importing it (ArviZ imports pyplot)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
 def run_metadata(runs: pd.DataFrame, config: FitConfig, *, source: str | None, filter: str | None) -> dict[str, Any]:  # noqa: A002
-    """Metadata every posterior file carries: the data's provenance, the options, the versions."""
+    """Metadata every posterior file carries: the data's provenance, the options, the versions.
+
+    ``data_sha256`` fingerprints the table that was fitted (its N, D, loss, C and group columns, in
+    order), so that ``fit`` can tell a re-run of the same command, which may replace the file, from
+    a fit of other data read from the same path, which must not.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for col in ("N", "D", "loss", "C", "group"):
+        if col not in runs:
+            continue
+        values = runs[col]
+        raw = ("\0".join(map(str, values)).encode() if col == "group"
+               else np.ascontiguousarray(values.to_numpy(dtype=np.float64)).tobytes())
+        digest.update(f"{col}:{len(values)}:".encode() + raw)
     meta: dict[str, Any] = {
         "law": config.law,
         "n_obs": int(len(runs)),
         "source": source if source is not None else runs.attrs.get("source", "<DataFrame>"),
         "filter": filter if filter is not None else runs.attrs.get("filter"),
         "groups": sorted(map(str, runs["group"].unique())) if "group" in runs else ["all"],
+        "data_sha256": digest.hexdigest(),
         "config": {k: (list(map(list, v)) if k == "priors" else (list(v) if isinstance(v, tuple) else v))
                    for k, v in asdict(config).items()},
         "compute": "C = 6ND (N non-embedding parameters, D tokens) unless the table gives C",
         "versions": {
             "bayescale": __version__, "numpyro": numpyro.__version__, "jax": jax.__version__,
-            "arviz": az.__version__, "python": sys.version.split()[0],
+            "arviz": _installed("arviz"), "python": sys.version.split()[0],
         },
     }
     if runs.attrs.get("group_columns"):
@@ -300,7 +327,8 @@ def fit(
     quiet: bool = False,
     source: str | None = None,
     filter: str | None = None,  # noqa: A002
-) -> az.InferenceData:
+    progress: bool | None = None,
+) -> Posterior:
     """Fit the law family, averaged (the default), or one law (``config.law``), by NUTS.
 
     Parameters
@@ -311,13 +339,18 @@ def fit(
         Model and sampler options; defaults to :class:`FitConfig()` (the averaged family).
     quiet
         No progress or diagnostics on stderr.
+    progress
+        A progress line on stderr while each sampler runs (stage, warm-up or sampling, iterations,
+        divergences). None (default): when stderr is a terminal and not ``quiet``, or as
+        ``$BAYESCALE_PROGRESS`` (1/0) says; True/False force it on or off. The draws are the same
+        either way.
     source, filter
         Recorded in the metadata (defaults: ``runs.attrs["source"]`` and ``runs.attrs["filter"]``,
         which :func:`bayescale.load_runs` sets).
 
     Returns
     -------
-    arviz.InferenceData
+    Posterior
         Posterior, diagnostics and metadata; see :mod:`bayescale.store` for the layout.
 
     Examples
@@ -329,11 +362,15 @@ def fit(
     cfg = config or FitConfig()
     if len(runs) < MIN_RUNS:
         raise InputError(f"{len(runs)} runs are too few to fit a 5-parameter law; expected at least {MIN_RUNS}")
+    from .sampler import progress_enabled
+
+    show = progress_enabled(quiet) if progress is None else bool(progress)
     if cfg.law == AVERAGED:
         from .averaging import fit_family
 
-        return fit_family(runs, cfg, quiet=quiet, source=source, filter=filter)
-    f = fit_law(runs, cfg.law, cfg, jax.random.PRNGKey(cfg.seed), quiet=quiet)
+        return fit_family(runs, cfg, quiet=quiet, source=source, filter=filter, progress=show)
+    f = fit_law(runs, cfg.law, cfg, jax.random.PRNGKey(cfg.seed), quiet=quiet,
+                progress=f"{cfg.law} law" if show else None)
     meta = {**run_metadata(runs, cfg, source=source, filter=filter), **law_metadata(f)}
     if f.groups_ is not None:
         meta.update(group_metadata(f.groups_))
@@ -342,7 +379,7 @@ def fit(
     return idata
 
 
-def report_diagnostics(idata: az.InferenceData, seconds: float, quiet: bool) -> None:
+def report_diagnostics(idata: Posterior, seconds: float, quiet: bool) -> None:
     """Say on stderr how sampling went, with the diagnostics' advice."""
     diag = diagnostics(idata)
     _log(f"done in {seconds:.1f} s; max R-hat {diag['max_r_hat']:.4f}, "
@@ -367,12 +404,15 @@ def sample_law(
     group: np.ndarray | None = None,
     pooling: Pooling | None = None,
     se: np.ndarray | None = None,
+    progress: str | None = None,
 ) -> Draws:
     """NUTS draws of ``law`` given runs (natural logs), with the compiled sampler of their size.
 
     ``mask`` (bool, one per run) leaves runs out of the likelihood: forward validation fits the
     cheaper runs of a table with the program compiled for the whole table. ``group`` (each run's
     group index) and ``pooling`` make it a grouped fit; ``se`` gives runs' measurement errors.
+    ``progress`` (a stage label, e.g. "kaplan law, forward cut 2/3") shows a progress line on
+    stderr, with a sampler compiled for it (same draws); None compiles and runs the plain one.
     """
     forms, values = prior_forms(law, priors)
     n = len(log_N)
@@ -380,14 +420,18 @@ def sample_law(
     key = SamplerKey(law=law, forms=tuple(forms.items()), likelihood=config.likelihood, nu=float(config.nu),
                      size=size, chains=int(config.chains), warmup=int(config.warmup), draws=int(config.draws),
                      target_accept=float(config.target_accept), max_tree_depth=int(config.max_tree_depth),
-                     dense_mass=bool(config.dense_mass), pooling=pooling, measurement=se is not None)
+                     dense_mass=bool(config.dense_mass), pooling=pooling, measurement=se is not None,
+                     progress=progress is not None)
     m = np.ones(n, bool) if mask is None else np.asarray(mask, bool)
     # padding sits at the pivots with log loss 0: finite, and masked out of the likelihood
     args = (pad(log_N, size, anchors.log_N0), pad(log_D, size, anchors.log_D0), pad(log_loss, size, 0.0),
             np.concatenate([m, np.zeros(size - n, bool)]))
+    from .sampler import ProgressBar
+
+    bar = None if progress is None else ProgressBar(progress, chains=key.chains, warmup=key.warmup, draws=key.draws)
     return compiled(key).run(rng_key, *args, (anchors.log_N0, anchors.log_D0), values, warm_start,
                              group=None if pooling is None else pad(group, size, 0).astype(int),
-                             se=None if se is None else pad(se, size, 0.0))
+                             se=None if se is None else pad(se, size, 0.0), progress=bar)
 
 
 def pointwise_log_lik(
@@ -412,6 +456,40 @@ def pointwise_log_lik(
     return np.asarray(_log_lik(th, jnp.asarray(log_N) - anchors.log_N0, jnp.asarray(log_D) - anchors.log_D0,
                                jnp.asarray(log_loss), None if se is None else jnp.asarray(se),
                                law=law, likelihood=likelihood, nu=float(nu)))
+
+
+def with_log_likelihood(idata: Posterior) -> Posterior:
+    """``idata`` with its ``log_likelihood`` group: every run's log likelihood under every draw
+    (``log_loss``, or ``LAW.log_loss`` per law of an averaged fit), for LOO and LOO-PIT.
+
+    Saved files leave the group out: it is most of a file's size (draws x runs numbers) and is
+    recomputed here from the draws and the runs the file keeps, exactly as the fit computed it.
+    """
+    import xarray as xr
+
+    if "log_likelihood" in idata.groups():
+        return idata
+    meta = metadata(idata)
+    cd = idata.constant_data
+    log_N, log_D, log_y = (np.log(np.asarray(cd[k].values, float)) for k in ("N", "D", "loss"))
+    se = np.asarray(cd["se"].values, float) if "se" in cd else None
+    cfg = meta["config"]
+    out = {}
+    for law in laws_of(idata):
+        view = law_view(idata, law)
+        post = view.posterior
+        group = None
+        if "group" in post.coords and "group" in cd:  # a grouped fit: each run under its group's law
+            names = [str(g) for g in post.coords["group"].values]
+            group = np.array([names.index(str(g)) for g in cd["group"].values])
+        samples = {str(k): np.asarray(v.values) for k, v in post.data_vars.items()}
+        ll = pointwise_log_lik(law, samples, log_N, log_D, log_y, anchors=Anchors(**metadata(view)["anchors"]),
+                               likelihood=cfg["likelihood"], nu=float(cfg["nu"]), group=group, se=se)
+        name = "log_loss" if meta["law"] != AVERAGED else f"{law}{SEP}log_loss"
+        out[name] = (("chain", "draw", "run"), ll)
+    ds = xr.Dataset(out, coords={"chain": post.coords["chain"].values, "draw": post.coords["draw"].values,
+                                 "run": cd.coords["run"].values})
+    return idata.with_groups(log_likelihood=ds)
 
 
 def log_mean_draws(law: str, samples: dict[str, np.ndarray], log_N: np.ndarray, log_D: np.ndarray,
@@ -463,7 +541,7 @@ def _prior_draws(key: jax.Array, values: dict, pivots: jax.Array, *, law: str, f
     return {**th, **{k: v for k, v in natural_params(law, th, pivots).items() if k not in th}}
 
 
-def diagnostics(idata: az.InferenceData) -> dict[str, Any]:
+def diagnostics(idata: Posterior) -> dict[str, Any]:
     """R-hat, bulk and tail ESS, divergences and tree depth, with warnings and advice.
 
     For an averaged posterior the figures are the worst over the laws (divergences summed), and
@@ -512,20 +590,19 @@ def convergence_problem(diag: dict[str, Any]) -> str | None:
     return "; ".join(problems) or None
 
 
-def _law_diagnostics(idata: az.InferenceData) -> dict[str, Any]:
+def _law_diagnostics(idata: Posterior) -> dict[str, Any]:
     law = metadata(idata)["law"]
     post = idata.posterior
     # a grouped fit: every group's sites and the spreads too (worst over groups)
     names = [n for n in (*SAMPLED_SITES[law], *(f"g_{k}" for k in SAMPLED_SITES[law])) if n in post]
     names += [str(v) for v in post.data_vars if str(v).startswith("tau_")]
     n_chains = post.sizes["chain"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # arviz warns that R-hat needs 2 chains; we say so below
-        rhat = az.rhat(idata, var_names=names)
-    ess_b = az.ess(idata, var_names=names, method="bulk")
-    ess_t = az.ess(idata, var_names=names, method="tail")
-    per = {n: {"r_hat": float(rhat[n].max()), "ess_bulk": float(ess_b[n].min()), "ess_tail": float(ess_t[n].min())}
-           for n in names}
+    per = {}
+    for n in names:  # the worst over a grouped site's groups (and a spread's factors)
+        x = np.asarray(post[n].values, float)
+        per[n] = {"r_hat": float(np.max(convergence.per_element(convergence.rhat, x))),
+                  "ess_bulk": float(np.min(convergence.per_element(convergence.ess_bulk, x))),
+                  "ess_tail": float(np.min(convergence.per_element(convergence.ess_tail, x)))}
     ss = idata.sample_stats
     div = int(ss["diverging"].sum()) if "diverging" in ss else 0
     steps = ss["n_steps"].values  # arviz's name for numpyro's num_steps

@@ -14,7 +14,6 @@ and ``sd``. Every ``optimal`` and ``predict`` row says how far beyond the runs i
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,8 +21,11 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from . import _jax  # noqa: F401
-from ._arviz import az
+from . import (
+    _jax,  # noqa: F401
+    convergence,
+)
+from ._idata import Posterior
 from .averaging import DataRange, extrapolation_distance, mixture_counts, noise_draws
 from .errors import InputError
 from .laws import EXPONENTS, PARAM_NAMES, broadcast_draws, compute_optimal, loss
@@ -62,7 +64,7 @@ class Mixture:
         return sum(len(idx) for _, _, idx in self.parts)
 
 
-def mixture(idata: az.InferenceData) -> Mixture:
+def mixture(idata: Posterior) -> Mixture:
     """The draws that make up ``idata``'s posterior: for an averaged fit, ``round(weight * S)``
     draws of each law (evenly spaced over its chains; ``S`` draws per law), for one law all."""
     meta = metadata(idata)
@@ -84,7 +86,7 @@ def mixture(idata: az.InferenceData) -> Mixture:
     return Mixture(parts, rate, *common)
 
 
-def param_draws(idata: az.InferenceData, names: Sequence[str] | None = None, *, law: str | None = None
+def param_draws(idata: Posterior, names: Sequence[str] | None = None, *, law: str | None = None
                 ) -> dict[str, np.ndarray]:
     """Posterior draws of a law's natural parameters (and sigma), flattened over chains.
 
@@ -108,7 +110,7 @@ def _law_params(view: Any, law: str, idx: np.ndarray) -> dict[str, np.ndarray]:
     return {k: v[idx] for k, v in param_draws(view, PARAM_NAMES[law]).items()}
 
 
-def exponents(idata: az.InferenceData) -> dict[str, np.ndarray]:
+def exponents(idata: Posterior) -> dict[str, np.ndarray]:
     """Draws of ``a`` and ``b`` with ``N* ∝ C^a`` and ``D* ∝ C^b`` (the mixture's, if averaged)."""
     a, b = [], []
     for law, view, idx in mixture(idata).parts:
@@ -127,7 +129,7 @@ def _discrepancy_scale(mix: Mixture, d: np.ndarray) -> np.ndarray:
     return np.broadcast_to(mix.rate[: mix.size, None] * d, shape)
 
 
-def optimal_draws(idata: az.InferenceData, compute: float | Iterable[float], *, seed: int = 0
+def optimal_draws(idata: Posterior, compute: float | Iterable[float], *, seed: int = 0
                   ) -> dict[str, np.ndarray]:
     """Draws of ``N_opt, D_opt, loss, tokens_per_param``, shape ``(draws, budgets)``.
 
@@ -175,7 +177,7 @@ def _extrapolation(mix: Mixture, C: float, N: np.ndarray, D: np.ndarray, d: np.n
     return out
 
 
-def optimal(idata: az.InferenceData, compute: float | Iterable[float]) -> list[dict[str, Any]]:
+def optimal(idata: Posterior, compute: float | Iterable[float]) -> list[dict[str, Any]]:
     """Posterior of the compute-optimal allocation at each budget.
 
     Parameters
@@ -209,7 +211,7 @@ def optimal(idata: az.InferenceData, compute: float | Iterable[float]) -> list[d
 
 
 def predict_draws(
-    idata: az.InferenceData,
+    idata: Posterior,
     N: Any,
     D: Any,
     *,
@@ -242,7 +244,7 @@ def _predict_draws(mix: Mixture, N: np.ndarray, D: np.ndarray, C: np.ndarray | N
 
 
 def predict(
-    idata: az.InferenceData,
+    idata: Posterior,
     N: Any,
     D: Any,
     *,
@@ -266,7 +268,7 @@ def predict(
     return rows
 
 
-def param_summary(idata: az.InferenceData, *, law: str | None = None) -> dict[str, dict[str, float]]:
+def param_summary(idata: Posterior, *, law: str | None = None) -> dict[str, dict[str, float]]:
     """Natural parameters with ``mean, sd, q05, q50, q95, r_hat, ess_bulk`` (of ``law``, for an
     averaged posterior).
 
@@ -280,12 +282,11 @@ def param_summary(idata: az.InferenceData, *, law: str | None = None) -> dict[st
         idata = law_view(idata, law)
     law = metadata(idata)["law"]
     names = [*PARAM_NAMES[law], "sigma"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a single chain: R-hat is NaN, reported as null
-        rhat = az.rhat(idata, var_names=names)
-    ess = az.ess(idata, var_names=names, method="bulk")
+    post = idata.posterior
     draws = param_draws(idata, names)
-    return {n: {**summarize(draws[n]), "r_hat": float(rhat[n]), "ess_bulk": float(ess[n])} for n in names}
+    # a single chain: R-hat is NaN, reported as null
+    return {n: {**summarize(draws[n]), "r_hat": convergence.rhat(np.asarray(post[n].values, float)),
+                "ess_bulk": convergence.ess_bulk(np.asarray(post[n].values, float))} for n in names}
 
 
 def _paired(N: Any, D: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -11,15 +11,24 @@ out of the likelihood.
 
 Chains run in parallel, one per XLA CPU device, where JAX has a device per chain (see
 :data:`bayescale._jax.HOST_DEVICES`), and vectorised otherwise.
+
+Progress: a key with ``progress=True`` compiles a host callback into the sampling loop that
+reports each chain's iteration and divergences to a :class:`ProgressBar` about every 2% of the
+iterations. Only then: JAX's persistent compilation cache does not store executables with host
+callbacks, and a warm new-process fit owes most of its speed to that cache, so the program
+without progress (tests, pipes, ``--json``) is exactly the one compiled before progress existed.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import sys
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TextIO
 
 import jax
 import jax.numpy as jnp
@@ -70,6 +79,7 @@ class SamplerKey:
     batched: bool = False  # each chain fits its own table (simulation-based calibration), one chain each
     pooling: Pooling | None = None  # a grouped table: how parameters vary across its groups
     measurement: bool = False  # runs carry measurement standard errors of their log loss
+    progress: bool = False  # report iterations and divergences to the host (not persistently cacheable)
 
 
 @dataclass
@@ -98,6 +108,94 @@ class WarmStart:
     step_size: np.ndarray  # (chains,)
 
 
+#: environment variable that forces the progress display on (1) or off (0) whatever stderr is;
+#: tests use it to show progress as a terminal would
+PROGRESS_ENV = "BAYESCALE_PROGRESS"
+#: the sampling loop reports to the host about this many times per chain (plus at the end of warm-up)
+PROGRESS_UPDATES = 50
+#: name of the chain axis under pmap/vmap, so a chain can say which one it is
+CHAIN_AXIS = "chain"
+
+
+def progress_enabled(quiet: bool, stream: TextIO | None = None) -> bool:
+    """Whether to show sampling progress: never when ``quiet``; else as :data:`PROGRESS_ENV` says,
+    or, when it is unset, when ``stream`` (default stderr) is a terminal."""
+    if quiet:
+        return False
+    env = os.environ.get(PROGRESS_ENV, "").strip().lower()
+    if env:
+        return env not in ("0", "off", "no", "false")
+    stream = sys.stderr if stream is None else stream
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # a closed or unusual stream: no terminal
+        return False
+
+
+class ProgressBar:
+    """One line on a terminal, rewritten in place (``\\r``), showing how far NUTS has got.
+
+    Chains report ``(chain, iterations done, divergences in warm-up, divergences in sampling)``
+    from inside the compiled loop (:meth:`update`), in any order and from several threads (one
+    per device when chains run in parallel). The line shows the slowest chain, since the fit
+    waits for it, and the divergences of all chains in the phase it is in.
+    """
+
+    WIDTH = 20  # characters of the bar
+
+    def __init__(self, label: str, *, chains: int, warmup: int, draws: int, stream: TextIO | None = None) -> None:
+        self.label, self.chains, self.warmup, self.draws = label, chains, warmup, draws
+        self.stream = sys.stderr if stream is None else stream
+        self.iters = np.zeros(chains, int)
+        self.divergences = np.zeros((chains, 2), int)  # (warm-up, sampling) per chain
+        self._lock = threading.Lock()
+        self._shown = ""
+
+    def update(self, chain: int, iteration: int, div_warmup: int, div_sampling: int) -> None:
+        """Record a chain's report and redraw the line if it changed."""
+        with self._lock:
+            c = int(chain)
+            # reports of one chain can arrive out of order: keep the furthest
+            self.iters[c] = max(self.iters[c], int(iteration))
+            self.divergences[c] = np.maximum(self.divergences[c], [int(div_warmup), int(div_sampling)])
+            line = self.line()
+            if line != self._shown:
+                self.stream.write("\r" + line.ljust(len(self._shown)))
+                self.stream.flush()
+                self._shown = line
+
+    def line(self) -> str:
+        """The text shown now: stage, phase, bar, the slowest chain's count, divergences so far."""
+        slow = int(self.iters.min())
+        if slow < self.warmup:
+            phase, done, total, div = "warm-up", slow, self.warmup, int(self.divergences[:, 0].sum())
+        else:
+            phase, done, total, div = "sampling", slow - self.warmup, self.draws, int(self.divergences[:, 1].sum())
+        filled = int(self.WIDTH * done / total)
+        chains = f"{self.chains} chains" if self.chains > 1 else "1 chain"
+        return (f"{self.label}: {phase:<8} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{total} "
+                f"({chains}), {div} divergent")
+
+    def close(self) -> None:
+        """End the line, so that what is printed next starts on its own."""
+        with self._lock:
+            if self._shown:
+                self.stream.write("\n")
+                self.stream.flush()
+                self._shown = ""
+
+
+_ACTIVE: ProgressBar | None = None  # the bar of the sampler running now (one at a time)
+
+
+def _report(chain: Any, iteration: Any, divergences: Any) -> None:
+    """Host side of the progress callback: hand a chain's numbers to the active bar."""
+    bar = _ACTIVE
+    if bar is not None:
+        div = np.asarray(divergences)
+        bar.update(int(chain), int(iteration), int(div[0]), int(div[1]))
+
+
 class CompiledNUTS:
     """NUTS for one :class:`SamplerKey`, traced and compiled on first use, then reused."""
 
@@ -118,13 +216,31 @@ class CompiledNUTS:
                                 dense_mass=key.dense_mass, target_accept_prob=key.target_accept,
                                 max_tree_depth=key.max_tree_depth, model_args=args, rng_key=rng_nuts)
 
-            def step_fn(s: Any, _: Any) -> tuple:
-                s = sample_kernel(s, model_args=args)
-                return s, (s.z, s.diverging, s.num_steps)
-
+            total = key.warmup + key.draws
             # one loop over warm-up and sampling (the kernel adapts while its counter is below
             # num_warmup): NUTS is traced and compiled once, not twice
-            last, (z, div, steps) = jax.lax.scan(step_fn, state, None, length=key.warmup + key.draws)
+            if not key.progress:
+                def step_fn(s: Any, _: Any) -> tuple:
+                    s = sample_kernel(s, model_args=args)
+                    return s, (s.z, s.diverging, s.num_steps)
+
+                last, (z, div, steps) = jax.lax.scan(step_fn, state, None, length=total)
+            else:
+                chain = jax.lax.axis_index(CHAIN_AXIS)
+                every = max(1, total // PROGRESS_UPDATES)
+
+                def step_fn_progress(carry: tuple, i: jax.Array) -> tuple:
+                    s, n_div = carry  # n_div: divergences so far in (warm-up, sampling)
+                    s = sample_kernel(s, model_args=args)
+                    n_div = n_div.at[(i >= key.warmup).astype(int)].add(s.diverging.astype(int))
+                    # the iteration counter is the scan's own, not batched under vmap: the cond
+                    # stays a branch (a batched predicate would run the callback every iteration)
+                    report = ((i + 1) % every == 0) | (i + 1 == key.warmup) | (i + 1 == total)
+                    jax.lax.cond(report, lambda: jax.debug.callback(_report, chain, i + 1, n_div), lambda: None)
+                    return (s, n_div), (s.z, s.diverging, s.num_steps)
+
+                (last, _), (z, div, steps) = jax.lax.scan(step_fn_progress, (state, jnp.zeros(2, int)),
+                                                          jnp.arange(total))
             z, div, steps = jax.tree.map(lambda x: x[key.warmup:], (z, div, steps))
             post = jax.vmap(lambda zi: constrain_fn(model, args, {}, zi, return_deterministic=True))(z)
             post.pop("u")  # sampling coordinates: the law's own sites are recorded beside them
@@ -133,10 +249,13 @@ class CompiledNUTS:
 
         self._k = len(SAMPLING_COORDS[key.law]) + (0 if key.pooling is None else key.pooling.dim(key.law))
         data_axis = 0 if key.batched else None
+        # the chain axis is named only where the progress callback asks for it: the program
+        # without progress stays the one the persistent cache holds
+        named = {"axis_name": CHAIN_AXIS} if key.progress else {}
         if self.method == "parallel":
-            self._run = jax.pmap(one_chain, in_axes=(0, data_axis, 0))
+            self._run = jax.pmap(one_chain, in_axes=(0, data_axis, 0), **named)
         else:
-            self._run = jax.jit(jax.vmap(one_chain, in_axes=(0, data_axis, 0)))
+            self._run = jax.jit(jax.vmap(one_chain, in_axes=(0, data_axis, 0), **named))
 
     def run(
         self,
@@ -150,6 +269,7 @@ class CompiledNUTS:
         warm_start: WarmStart | None = None,
         group: np.ndarray | None = None,
         se: np.ndarray | None = None,
+        progress: ProgressBar | None = None,
     ) -> Draws:
         """Sample the posterior given runs padded to ``key.size`` (``mask`` marks the real ones).
 
@@ -158,7 +278,8 @@ class CompiledNUTS:
         ``pivots`` and ``prior_values`` has a leading axis of length ``chains``: chain ``i`` fits
         table ``i`` (with the same priors and pivots). ``group`` (each run's group index) is
         required for a key with ``pooling``, ``se`` (log-loss standard errors) for one with
-        ``measurement``.
+        ``measurement``. A key with ``progress`` reports to ``progress`` while it runs (and
+        closes its line at the end).
         """
         if (group is None) != (self.key.pooling is None) or (se is None) == self.key.measurement:
             raise ValueError("group indices go with a grouped key, standard errors with a measurement key")
@@ -175,7 +296,15 @@ class CompiledNUTS:
         else:
             start = (np.ones(c, bool), warm_start.position, warm_start.inverse_mass_matrix, warm_start.step_size)
         start = tuple(jnp.asarray(x) for x in start)
-        post, div, steps, ends = jax.device_get(self._run(jax.random.split(rng_key, c), args, start))
+        global _ACTIVE
+        _ACTIVE = progress if self.key.progress else None
+        try:
+            post, div, steps, ends = jax.device_get(self._run(jax.random.split(rng_key, c), args, start))
+            jax.effects_barrier()  # every callback has reached the bar before its line ends
+        finally:
+            _ACTIVE = None
+            if progress is not None:
+                progress.close()
         return Draws({k: np.asarray(v) for k, v in post.items()}, np.asarray(div), np.asarray(steps), self.method,
                      WarmStart(*(np.asarray(x) for x in ends)))
 

@@ -1,10 +1,13 @@
 """The posterior file: what a fit stores, its metadata, and how to read it back.
 
-One NetCDF file (``arviz.from_netcdf`` opens it) holds one of two kinds of fit:
+One NetCDF file (``arviz.from_netcdf`` opens it; bayescale reads it without ArviZ, see
+:mod:`bayescale._idata`) holds one of two kinds of fit:
 
 * **one law** (``bayescale fit --law NAME``): groups ``posterior`` (the law's sampled sites and
-  natural parameters), ``sample_stats``, ``log_likelihood``, ``prior``, ``observed_data`` and
-  ``constant_data`` (N, D, C, loss per run), as ArviZ names them.
+  natural parameters), ``sample_stats``, ``prior``, ``observed_data`` and ``constant_data`` (N,
+  D, C, loss per run), as ArviZ names them. The pointwise log likelihood (``log_likelihood``)
+  is not stored: it is draws x runs numbers, most of the file, and
+  :func:`bayescale.inference.with_log_likelihood` recomputes it from the draws.
 * **the law family, averaged** (``bayescale fit``, the default): the same groups, with every
   law's variables named ``LAW.NAME`` (``kaplan.alpha_N``, ``chinchilla.diverging``), plus
   ``posterior.discrepancy_rate``, the draws of the model-discrepancy rate. The weights, the
@@ -24,7 +27,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ._arviz import az
+from ._idata import Posterior, read
 from .errors import InputError
 
 META_KEY = "bayescale"
@@ -32,7 +35,7 @@ AVERAGED = "averaged"
 SEP = "."  # LAW.NAME in an averaged file
 
 
-def metadata(idata: az.InferenceData) -> dict[str, Any]:
+def metadata(idata: Posterior) -> dict[str, Any]:
     """The bayescale metadata stored with a posterior."""
     try:
         return json.loads(idata.posterior.attrs[META_KEY])
@@ -41,18 +44,18 @@ def metadata(idata: az.InferenceData) -> dict[str, Any]:
                          "expected a file written by `bayescale fit`") from None
 
 
-def is_averaged(idata: az.InferenceData) -> bool:
+def is_averaged(idata: Posterior) -> bool:
     """Whether ``idata`` holds the averaged law family (else one law)."""
     return metadata(idata)["law"] == AVERAGED
 
 
-def laws_of(idata: az.InferenceData) -> list[str]:
+def laws_of(idata: Posterior) -> list[str]:
     """The laws a posterior holds, in the order they were fitted."""
     meta = metadata(idata)
     return list(meta["laws"]) if meta["law"] == AVERAGED else [meta["law"]]
 
 
-def weights_of(idata: az.InferenceData) -> dict[str, float]:
+def weights_of(idata: Posterior) -> dict[str, float]:
     """Each law's weight (1 for a one-law fit)."""
     meta = metadata(idata)
     if meta["law"] != AVERAGED:
@@ -60,7 +63,7 @@ def weights_of(idata: az.InferenceData) -> dict[str, float]:
     return {law: float(v["weight"]) for law, v in meta["laws"].items()}
 
 
-def law_view(idata: az.InferenceData, law: str) -> az.InferenceData:
+def law_view(idata: Posterior, law: str) -> Posterior:
     """One law of a posterior as a one-law InferenceData (``idata`` itself for a one-law fit).
 
     The view's variables carry the law's own names and its metadata is that of a one-law fit
@@ -89,22 +92,20 @@ def law_view(idata: az.InferenceData, law: str) -> az.InferenceData:
     view_meta["averaged_from"] = True
     groups["posterior"] = groups["posterior"].copy()
     groups["posterior"].attrs = {META_KEY: json.dumps(view_meta)}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return az.InferenceData(**groups)
+    return Posterior(**groups)
 
 
 GROUP_PREFIX = "g_"  # a grouped fit's per-group variables: g_NAME, with a ``group`` dimension
 NEW_GROUP = "new"  # the name that asks for a group with no runs (any name the fit did not see does too)
 
 
-def groups_of(idata: az.InferenceData) -> list[str]:
+def groups_of(idata: Posterior) -> list[str]:
     """The groups of a grouped (hierarchical) posterior; empty for an ungrouped one."""
     post = idata.posterior
     return [str(g) for g in post.coords["group"].values] if "group" in post.coords else []
 
 
-def group_view(idata: az.InferenceData, group: str, *, seed: int = 0) -> az.InferenceData:
+def group_view(idata: Posterior, group: str, *, seed: int = 0) -> Posterior:
     """One group of a grouped posterior as an ungrouped one (one law or the averaged family).
 
     For a group the fit saw, every law's sites are that group's draws and the runs are the
@@ -149,12 +150,10 @@ def group_view(idata: az.InferenceData, group: str, *, seed: int = 0) -> az.Infe
         if mine is not None and "run" in ds.dims:
             ds = ds.isel(run=np.flatnonzero(mine))
         out[name] = ds.drop_vars([v for v in ds.data_vars if str(v).rpartition(SEP)[2].startswith(GROUP_PREFIX)])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return az.InferenceData(**out)
+    return Posterior(**out)
 
 
-def _population_draws(post: Any, idata: az.InferenceData, meta: dict[str, Any], rng: Any, group: str) -> Any:
+def _population_draws(post: Any, idata: Posterior, meta: dict[str, Any], rng: Any, group: str) -> Any:
     """``post`` with every law's sites replaced by draws for a group with no runs.
 
     With crossed factors (``--group dataset,eval_set``) a name ``LEVEL/LEVEL`` whose levels the
@@ -204,13 +203,20 @@ def _population_draws(post: Any, idata: az.InferenceData, meta: dict[str, Any], 
     return post
 
 
-def save_posterior(idata: az.InferenceData, path: str | os.PathLike[str]) -> Path:
-    """Write the posterior to NetCDF atomically (temporary file + rename)."""
+#: Groups a file does not keep, because they are recomputed from what it keeps.
+NOT_SAVED = ("log_likelihood",)
+
+
+def save_posterior(idata: Posterior, path: str | os.PathLike[str]) -> Path:
+    """Write the posterior to NetCDF atomically (temporary file + rename), without the groups
+    that are recomputed from the rest (:data:`NOT_SAVED`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        idata.to_netcdf(str(tmp))
+        if not isinstance(idata, Posterior):  # an arviz.InferenceData made elsewhere
+            idata = Posterior(**{g: idata[g] for g in idata.groups()})
+        Posterior(**{g: idata[g] for g in idata.groups() if g not in NOT_SAVED}).to_netcdf(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -218,7 +224,7 @@ def save_posterior(idata: az.InferenceData, path: str | os.PathLike[str]) -> Pat
     return path
 
 
-def load_posterior(path: str | os.PathLike[str]) -> az.InferenceData:
+def load_posterior(path: str | os.PathLike[str]) -> Posterior:
     """Open a posterior written by :func:`save_posterior`; refuse anything else clearly."""
     p = Path(path)
     if not p.exists():
@@ -228,7 +234,7 @@ def load_posterior(path: str | os.PathLike[str]) -> az.InferenceData:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            idata = az.from_netcdf(str(p))
+            idata = read(p)
     except Exception as e:  # netCDF4/h5py raise many types for a non-NetCDF file
         raise InputError(f"could not read as NetCDF ({type(e).__name__}); expected a .nc posterior "
                          "written by `bayescale fit`", file=str(p)) from None

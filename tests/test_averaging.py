@@ -121,9 +121,12 @@ def small_family(tmp_path_factory):
 
 @pytest.mark.slow
 def test_averaged_file_layout_and_law_views(small_family):
+    from bayescale.inference import with_log_likelihood
     from bayescale.store import law_view, laws_of, metadata, weights_of
 
     idata, runs = small_family
+    assert "log_likelihood" not in idata.groups()  # not stored: recomputed from the draws
+    idata = with_log_likelihood(idata)
     meta = metadata(idata)
     assert meta["law"] == "averaged" and laws_of(idata) == ["chinchilla", "kaplan", "shared"]
     post = idata.posterior

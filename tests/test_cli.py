@@ -58,9 +58,12 @@ def test_fit_summary_optimal_predict_json(fitted, capsys):
     assert summ["law"] == "chinchilla" and summ["n_obs"] == 60
     assert summ["params"]["alpha"]["q50"] == pytest.approx(fit["params"]["alpha"]["q50"])
 
-    # a refit to the same --out replaces a bayescale posterior (that is what refitting means)
+    # a refit with other options to the same --out replaces the posterior only with --force
     assert main(["fit", str(src), "--law", "chinchilla", "--chains", "1", "--warmup", "50", "--draws", "50",
-                 "--out", str(out), "--json"]) == 0
+                 "--out", str(out), "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["field"] == "--out"
+    assert main(["fit", str(src), "--law", "chinchilla", "--chains", "1", "--warmup", "50", "--draws", "50",
+                 "--out", str(out), "--json", "--force"]) == 0
     capsys.readouterr()
 
 

@@ -54,7 +54,8 @@ def test_saved_posterior_carries_metadata(chinchilla_fit):
     assert set(meta["anchors"]) == {"log_N0", "log_D0", "loss_min", "loss_median"}
     assert set(meta["priors"]) == {"E", "alpha", "beta", "log_A_pivot", "log_B_pivot", "sigma"}
     assert {"bayescale", "numpyro", "jax", "arviz"} <= set(meta["versions"])
-    assert {"posterior", "log_likelihood", "prior", "observed_data", "constant_data"} <= set(idata.groups())
+    assert {"posterior", "prior", "observed_data", "constant_data"} <= set(idata.groups())
+    assert "log_likelihood" not in idata.groups()  # recomputed from the draws, not stored
     assert idata.constant_data["N"].shape == (240,)
 
 
