@@ -19,8 +19,18 @@ from .errors import InputError
 
 
 def _log(args: argparse.Namespace, msg: str) -> None:
-    if not getattr(args, "json", False):
+    """Progress on stderr, unless ``--json`` or ``--quiet`` asked for silence."""
+    if not (getattr(args, "json", False) or getattr(args, "quiet", False)):
         print(msg, file=sys.stderr, flush=True)
+
+
+def _progress(args: argparse.Namespace) -> Any:
+    """A ``progress(name)`` callback that says which figure is being drawn (``[i/n] name``)."""
+
+    def say(name: str, i: int, n: int) -> None:
+        _log(args, f"  [{i}/{n}] {name}")
+
+    return say
 
 
 def _emit(obj: Any) -> None:
@@ -71,7 +81,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         return 0
     [(_, idata)] = _group_views(idata, args, all_groups=False)
     _log(args, f"drawing figures of {args.model} into {out}/ ...")
-    paths = plot_all(idata, out, fmt=args.format)
+    paths = plot_all(idata, out, fmt=args.format, progress=_progress(args))
     if args.json:
         _emit({"model": args.model, "figures": [str(p) for p in paths]})
     else:
@@ -116,7 +126,8 @@ def compare_models(models: dict[str, Any]) -> dict[str, Any]:
     Parameters
     ----------
     models
-        ``{name: InferenceData}``: at least two laws in all, each with a ``log_likelihood`` group.
+        ``{name: InferenceData}``: at least two laws in all (the pointwise log-likelihood is the
+        file's, or recomputed from the draws: :func:`bayescale.inference.with_log_likelihood`).
 
     Returns
     -------
@@ -130,6 +141,8 @@ def compare_models(models: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     from ._arviz import az
+    from ._idata import as_arviz
+    from .inference import with_log_likelihood
     from .store import metadata
 
     models, lfo = expand_laws(models)
@@ -137,14 +150,10 @@ def compare_models(models: dict[str, Any]) -> dict[str, Any]:
         raise InputError(
             f"expected at least two posteriors to compare, got {len(models)}", field="MODEL"
         )
+    # saved files leave the pointwise log-likelihood out: it is recomputed from the draws
+    models = {name: as_arviz(with_log_likelihood(idata)) for name, idata in models.items()}
     ref = None
     for name, idata in models.items():
-        if "log_likelihood" not in idata.groups():
-            raise InputError(
-                "has no log_likelihood group; refit with `bayescale fit`",
-                file=name,
-                field="log_likelihood",
-            )
         y = np.asarray(idata.observed_data["log_loss"].values)
         if ref is None:
             ref = (name, y)
@@ -186,30 +195,45 @@ def compare_models(models: dict[str, Any]) -> dict[str, Any]:
     return {"table": rows, "pareto_k_threshold": PARETO_K_BAD, "lfo_cuts": cuts}
 
 
+COMPARE_BAND_ALPHA = 0.18  # the 90% band's opacity (the 50% band's is twice it)
+
+
 def plot_compare(models: dict[str, Any], *, extrapolate_decades: float = 2.0) -> Any:
-    """Overlay of the frontiers ``L*(C)`` and allocations ``N*(C)`` of several posteriors."""
+    """Overlay of the frontiers ``L*(C)`` and allocations ``N*(C)`` of several posteriors.
+
+    Each model's legend entry is a swatch of its own 90% band's colour edged with its median
+    line's, so every band can be told apart; two grey entries say which shade is 90% and which 50%.
+    """
     import numpy as np
+    from matplotlib.colors import to_rgba
+    from matplotlib.patches import Patch
 
     from .plots import OKABE_ITO, _bands, _figure, _logspace, _observed, dress_frontier_pair
     from .posterior import optimal_draws
+    from .store import metadata
 
     models, _ = expand_laws(models)
     colors = [OKABE_ITO[c] for c in ("blue", "vermillion", "green", "purple", "orange", "sky")]
     C_all = np.concatenate([_observed(m)["C"] for m in models.values()])
     grid = _logspace(C_all.min() / 3, C_all.max() * 10**extrapolate_decades, 60)
     fig, axes = _figure(1, 2, width=12.0, height=4.8, sharex=True)
+    handles = []
     for i, (name, idata) in enumerate(models.items()):
-        from .inference import metadata
-
         dr = optimal_draws(idata, grid)
         c = colors[i % len(colors)]
         law = metadata(idata)["law"]
         label = name if law in name else f"{name} ({law} law)"
-        _bands(axes[0, 0], grid, dr["loss"], color=c, label=label, band_label=i == 0)
-        _bands(axes[0, 1], grid, dr["N_opt"], color=c, label=label, band_label=i == 0)
+        for ax, key in zip(axes[0], ("loss", "N_opt"), strict=True):
+            _bands(ax, grid, dr[key], color=c, alpha=COMPARE_BAND_ALPHA, band_label=False)
+        handles.append(Patch(facecolor=to_rgba(c, COMPARE_BAND_ALPHA * 2), edgecolor=c, lw=1.8, label=label,
+                             gid="model"))
+    handles += [Patch(color="0.5", alpha=COMPARE_BAND_ALPHA, lw=0, label="90% credible band"),
+                Patch(color="0.5", alpha=COMPARE_BAND_ALPHA * 2.5, lw=0, label="50% credible band")]
     dress_frontier_pair(axes, C_all.max(), loss_title="compute-optimal frontier")
     for ax in axes[0]:
-        ax.legend(fontsize=8)
+        extra, extra_labels = ax.get_legend_handles_labels()  # the largest observed budget
+        ax.legend(handles=[*handles, *extra], labels=[*(h.get_label() for h in handles), *extra_labels],
+                  fontsize=8)
     fig.suptitle("Comparison of fits: " + ", ".join(models), fontsize=11)
     return fig
 
@@ -224,11 +248,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if len(set(names)) < len(names):
         raise InputError("the same file is given twice", field="MODEL")
     models = {n: load_posterior(m) for n, m in zip(names, args.models, strict=True)}
+    _log(args, f"comparing {len(models)} posteriors by PSIS-LOO ...")
     res = compare_models(models)
     fig_path = None
     if args.out:
         out = _out_dir(args.out)
         fig_path = out / f"compare.{args.format}"
+        _log(args, f"drawing the overlay figure {fig_path} ...")
         plot_compare(models).savefig(fig_path, dpi=110)
         res["figure"] = str(fig_path)
     if args.json:
@@ -311,9 +337,10 @@ def report_budgets(C_obs: Any, *, extrapolate_decades: int = 2) -> list[float]:
     return [float(10.0**k) for k in range(lo, hi + 1)]
 
 
-def build_report(idata: Any, *, model_name: str = "model") -> str:
+def build_report(idata: Any, *, model_name: str = "model", progress: Any = None) -> str:
     """One self-contained HTML page: data, laws and weights, parameters, diagnostics, allocation
-    (rows beyond the runs marked) and figures."""
+    (rows beyond the runs marked) and figures; ``progress(name, i, n)``, if given, is called as
+    each figure starts (the figures are most of the time)."""
     import numpy as np
 
     from .cli import _flags, _fmt, _posterior_summary
@@ -413,7 +440,10 @@ def build_report(idata: Any, *, model_name: str = "model") -> str:
                              notes=(5,)))
     # figures
     parts.append("<h2>Figures</h2>")
-    for name, make in figure_jobs(idata):
+    jobs = figure_jobs(idata)
+    for i, (name, make) in enumerate(jobs, 1):
+        if progress is not None:
+            progress(name, i, len(jobs))
         parts.append(f"<h3>{e(name)}</h3><img alt='{e(name)}' src='data:image/png;base64,{_png_b64(make())}'>")
     parts.append(
         f"<p><small>bayescale {e(meta['versions']['bayescale'])}; metadata: "
@@ -430,8 +460,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     _usable(idata, args)
     [(_, idata)] = _group_views(idata, args, all_groups=False)
     out = _out_dir(args.out)
-    _log(args, f"writing the report of {args.model} ...")
-    page = build_report(idata, model_name=Path(args.model).name)
+    _log(args, f"writing the report of {args.model} (tables, then each figure) ...")
+    page = build_report(idata, model_name=Path(args.model).name, progress=_progress(args))
     path = out / (Path(args.model).stem + "-report.html")
     path.write_text(page, encoding="utf-8")
     if args.json:
@@ -449,28 +479,39 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``plot``, ``compare`` and ``report`` on the ``bayescale`` subparsers."""
     from .cli import add_allow_unconverged
 
+    quiet = {"action": "store_true", "help": "say nothing on stderr while working (errors still)"}
+    fmt_help = "file format of the figures"
+    group_help = "a grouped posterior's group to draw (new: a group with no runs, drawn from the population)"
+    json_help = "print one JSON object on stdout (the files written); no progress"
+
     p = sub.add_parser(
         "plot", help="figures of a posterior: frontier, isoFLOPs, allocation, checks"
     )
-    p.add_argument("model", metavar="MODEL.nc")
-    p.add_argument("--out", metavar="DIR", help="output directory (default MODEL-plots/)")
-    p.add_argument("--format", choices=["png", "svg", "pdf"], default="png")
-    p.add_argument("--group", metavar="NAME", help="a grouped posterior's group (new: a group with no runs)")
+    p.add_argument("model", metavar="MODEL.nc", help="a posterior written by `bayescale fit`")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: MODEL-plots/ beside the file)")
+    p.add_argument("--format", choices=["png", "svg", "pdf"], default="png", help=fmt_help)
+    p.add_argument("--group", metavar="NAME", help=group_help + "; without it a grouped posterior gets "
+                   "one figure of all groups")
     add_allow_unconverged(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("-q", "--quiet", **quiet)
+    p.add_argument("--json", action="store_true", help=json_help)
     p.set_defaults(func=cmd_plot)
 
     c = sub.add_parser("compare", help="PSIS-LOO comparison of posteriors fitted to the same data")
-    c.add_argument("models", metavar="MODEL.nc", nargs="+")
-    c.add_argument("--out", metavar="DIR", help="also write an overlay figure compare.FORMAT here")
-    c.add_argument("--format", choices=["png", "svg", "pdf"], default="png")
-    c.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    c.add_argument("models", metavar="MODEL.nc", nargs="+",
+                   help="posteriors of the same runs (an averaged one enters as its laws)")
+    c.add_argument("--out", metavar="DIR", help="also write an overlay figure compare.FORMAT here (default: no figure)")
+    c.add_argument("--format", choices=["png", "svg", "pdf"], default="png", help=fmt_help)
+    c.add_argument("-q", "--quiet", **quiet)
+    c.add_argument("--json", action="store_true", help="print one JSON object on stdout (the table); no progress")
     c.set_defaults(func=cmd_compare)
 
     r = sub.add_parser("report", help="one self-contained HTML report of a posterior")
-    r.add_argument("model", metavar="MODEL.nc")
-    r.add_argument("--out", metavar="DIR", required=True)
-    r.add_argument("--group", metavar="NAME", help="a grouped posterior's group (new: a group with no runs)")
+    r.add_argument("model", metavar="MODEL.nc", help="a posterior written by `bayescale fit`")
+    r.add_argument("--out", metavar="DIR", required=True, help="directory for MODEL-report.html (required)")
+    r.add_argument("--group", metavar="NAME", help=group_help)
     add_allow_unconverged(r)
-    r.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    r.add_argument("-q", "--quiet", **quiet)
+    r.add_argument("--json", action="store_true", help="print one JSON object on stdout (the report's path); "
+                   "no progress")
     r.set_defaults(func=cmd_report)

@@ -4,8 +4,10 @@ Every function takes the :class:`arviz.InferenceData` written by :func:`bayescal
 options keyword-only, and returns its :class:`matplotlib.figure.Figure`. Figures are built
 without ``pyplot`` (no global figure registry, no screen needed), so notebooks can restyle
 them and tests can inspect them. Credible bands are equal-tailed posterior intervals
-(50% and 90%), as everywhere else in bayescale; each band is a ``fill_between`` collection
-whose ``gid`` is ``"band50"`` or ``"band90"``.
+(50% and 90%), as everywhere else in bayescale, drawn by ArviZ's ``plot_hdi`` given those
+intervals as its precomputed interval data; each band is a ``fill_between`` collection whose
+``gid`` is ``"band50"`` or ``"band90"``. The pair plot is ArviZ's ``plot_pair``, the sampler
+figure its ``plot_trace`` and the calibration figure its ``plot_loo_pit``.
 
 Units: ``N`` non-embedding parameters, ``D`` training tokens, ``C = 6ND`` FLOP, loss in
 nats/token.
@@ -89,11 +91,44 @@ def _meta(idata: Any) -> dict[str, Any]:
     return metadata(idata)
 
 
+TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl", ".ndjson", ".json", ".parquet", ".pq", ".gz", ".bz2", ".xz",
+                  ".zip")
+
+
+def source_label(source: Any, kind: str | None = None) -> str:
+    """Where the runs came from, as a title says it: a runs directory by its name with a trailing
+    ``/`` (``runs/``), a table by its file name (``isoflops_extract.csv``), anything else as given.
+
+    ``kind`` (``"directory"``, ``"table"``, ...) is what the fit recorded, where it did; without it a
+    trailing separator, an existing directory, or a name with no table suffix marks a directory.
+    """
+    raw = str(source if source is not None else "")
+    name = os.path.basename(raw.rstrip("/\\")) or raw or "?"
+    if raw.startswith("<"):  # "<DataFrame>": no file at all
+        return raw
+    if kind is None:
+        from .runs import EXAMPLES
+
+        if raw in EXAMPLES and not os.path.exists(raw):
+            return raw
+        is_dir = raw.endswith(("/", "\\")) or os.path.isdir(raw) or not name.lower().endswith(TABLE_SUFFIXES)
+    else:
+        is_dir = kind == "directory"
+    return f"{name}/" if is_dir else name
+
+
 def _title(idata: Any, what: str) -> str:
     m = _meta(idata)
-    src = os.path.basename(str(m.get("source", "")).rstrip("/\\")) or str(m.get("source"))
-    filt = f", {m['filter']}" if m.get("filter") else ""
-    return f"{what}: {_model_label(m)}, {m['n_obs']} runs from {src}{filt}"
+    src = source_label(m.get("source"), m.get("source_kind"))
+    # one group's view holds that group's runs only: count what is drawn, and name the group
+    n = idata.constant_data["N"].size if "constant_data" in idata.groups() and "N" in idata.constant_data \
+        else m["n_obs"]
+    grp = f" (group {m['group']})" if m.get("group") else ""
+    head = f"{what}: {_model_label(m)}{grp}, {n} runs from {src}"
+    if not m.get("filter"):
+        return head
+    # a long query goes on its own line rather than off the figure's edge
+    return f"{head}{chr(10) if len(head) + len(m['filter']) > 90 else ', '}{m['filter']}"
 
 
 def _model_label(m: dict[str, Any]) -> str:
@@ -136,12 +171,39 @@ def _quantiles(draws: np.ndarray) -> dict[str, np.ndarray]:
     return dict(zip(("q05", "q25", "q50", "q75", "q95"), q, strict=True))
 
 
+def _band(ax: Axes, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, *, color: Any, alpha: float, gid: str,
+          label: str | None = None) -> None:
+    """One credible band between ``lo`` and ``hi`` along ``x``, drawn by ArviZ's ``plot_hdi`` with the
+    interval given as its precomputed data (``hdi_data``): bayescale's intervals are equal-tailed
+    (as every number it reports), so ArviZ draws them but does not compute them.
+
+    ``smooth=False``: ArviZ's smoothing interpolates on a linear grid of ``x``, which bends bands
+    drawn on log axes; the grids here are dense enough to need none.
+    """
+    from matplotlib.colors import to_hex
+
+    from ._arviz import az
+
+    x = np.asarray(x, float)
+    data = np.stack([np.asarray(lo, float) * np.ones_like(x), np.asarray(hi, float) * np.ones_like(x)], axis=-1)
+    az.plot_hdi(
+        x,
+        hdi_data=data,
+        smooth=False,
+        color=to_hex(color),
+        ax=ax,
+        fill_kwargs={"alpha": alpha, "lw": 0, "gid": gid, "label": label},
+        plot_kwargs={"alpha": 0.0, "gid": f"{gid}_edge"},
+        show=False,
+    )
+
+
 def _bands(
     ax: Axes,
     x: np.ndarray,
     draws: np.ndarray,
     *,
-    color: str,
+    color: Any,
     label: str | None = None,
     inner: bool = True,
     line: bool = True,
@@ -151,27 +213,11 @@ def _bands(
 ) -> dict[str, np.ndarray]:
     """Median line, 90% band and (optionally) 50% band of ``draws`` (draws, points) along ``x``."""
     q = _quantiles(draws)
-    ax.fill_between(
-        x,
-        q["q05"],
-        q["q95"],
-        color=color,
-        alpha=alpha,
-        lw=0,
-        gid="band90",
-        label="90% credible band" if band_label else None,
-    )
+    _band(ax, x, q["q05"], q["q95"], color=color, alpha=alpha, gid="band90",
+          label="90% credible band" if band_label else None)
     if inner:
-        ax.fill_between(
-            x,
-            q["q25"],
-            q["q75"],
-            color=color,
-            alpha=alpha * 2,
-            lw=0,
-            gid="band50",
-            label="50% credible band" if band_label else None,
-        )
+        _band(ax, x, q["q25"], q["q75"], color=color, alpha=alpha * 2, gid="band50",
+              label="50% credible band" if band_label else None)
     if line:
         ax.plot(x, q["q50"], color=color, lw=lw, label=label, gid="median")
     return q
@@ -324,6 +370,89 @@ def plot_frontier(idata: Any, *, extrapolate_decades: float = 2.0, n_budgets: in
     return fig
 
 
+TABLE_BUDGET_TOL = 0.01  # a C column further than this (relative) from 6ND counts compute its own way
+
+
+def _budget_ratio(obs: dict[str, np.ndarray]) -> np.ndarray:
+    """Each run's ``6ND / C``: 1 where C is 6ND, else how the table's C column counts compute."""
+    return 6.0 * obs["N"] * obs["D"] / obs["C"]
+
+
+def _tokens_at_budget(N: np.ndarray, C: float, N_runs: np.ndarray, ratio: np.ndarray) -> np.ndarray:
+    """Tokens ``D(N)`` that spend a table's budget ``C`` at size ``N``: ``C r(N) / (6N)``, with
+    ``r = 6ND / C`` interpolated in log N between the runs' own ratios (mean per size), held flat
+    beyond them. At a run's N this is the run's own D, so a run sits on its budget's curve."""
+    lnN = np.log(N_runs)
+    sizes = np.unique(lnN)
+    lr = np.array([np.mean(np.log(ratio[lnN == v])) for v in sizes])
+    return C * np.exp(np.interp(np.log(N), sizes, lr)) / (6.0 * N)
+
+
+def isoflop_series(
+    idata: Any,
+    *,
+    budgets: Sequence[float] | None = None,
+    n_budgets: int = 5,
+    within: float = 1.5,
+    span: float = 30.0,
+    n_points: int = 60,
+) -> list[dict[str, Any]]:
+    """What :func:`plot_isoflops` draws, one dict per slice (arguments as there).
+
+    Each slice has ``budget`` (FLOP, as the runs' C counts it), ``table_budget`` (whether that is a
+    table's own C column rather than 6ND), the curve ``N``, ``D`` and its loss ``draws``
+    (draws, points), ``runs`` (indices of the runs drawn on it), and ``N_opt``, ``loss_opt``
+    (draws of the optimum at this budget).
+
+    When a table's C column differs from 6ND (the Open-Athena isoFLOP tables count compute with
+    attention and embeddings: 6ND is 0.93-1.35 x C on Marin's ladders), the curves are drawn at
+    the table's own budgets, so that points and curves mean the same budget: along a slice D is
+    ``C r(N) / (6N)`` with ``r = 6ND / C`` taken from the slice's runs (:func:`_tokens_at_budget`),
+    and the optimum is the minimum along that curve, per posterior draw. Otherwise C = 6ND: the
+    curve is ``D = C / (6N)`` and the optimum is the law's closed form.
+    """
+    from .posterior import optimal_draws, predict_draws
+
+    obs = _observed(idata)
+    ratio = _budget_ratio(obs)
+    table = bool(np.any(np.abs(np.log(ratio)) > np.log1p(TABLE_BUDGET_TOL)))
+    if budgets is None:
+        C_list = _isoflop_budgets(obs["N"], obs["C"], n_budgets, sep=within**2)
+        if C_list.size < 2:
+            C_list = _default_budgets(obs["C"], n_budgets)
+    else:
+        C_list = np.atleast_1d(np.asarray(budgets, float))
+    if C_list.size == 0 or np.any(~np.isfinite(C_list)) or np.any(C_list <= 0):
+        raise InputError(
+            f"expected budgets > 0, got {np.asarray(budgets).tolist()}", field="budgets"
+        )
+    r_mid = float(np.exp(np.median(np.log(ratio))))
+    opt = optimal_draws(idata, C_list * (r_mid if table else 1.0))
+    out = []
+    for j, C in enumerate(C_list):
+        near = _within(obs["C"], C, within)
+        n_med = float(np.median(opt["N_opt"][:, j]))
+        lo, hi = n_med / span, n_med * span
+        if near.any():  # the curve must reach every run drawn on its slice
+            lo, hi = min(lo, obs["N"][near].min() / 1.5), max(hi, obs["N"][near].max() * 1.5)
+        if table:
+            # finer grid: the optimum is read off it, per draw
+            N = np.unique(np.r_[_logspace(lo, hi, 2 * n_points), obs["N"][near]])
+            src = near if near.any() else np.ones_like(near)
+            D = _tokens_at_budget(N, C, obs["N"][src], ratio[src])
+            dr = predict_draws(idata, N, D, C=np.full(N.shape, C), noise=False)
+            k = np.argmin(dr, axis=1)
+            n_opt, l_opt = N[k], dr[np.arange(dr.shape[0]), k]
+        else:
+            N = _logspace(lo, hi, n_points)
+            D = C / (6.0 * N)
+            dr = predict_draws(idata, N, D, noise=False)
+            n_opt, l_opt = opt["N_opt"][:, j], opt["loss"][:, j]
+        out.append({"budget": float(C), "table_budget": table, "N": N, "D": D, "draws": dr,
+                    "runs": np.flatnonzero(near), "N_opt": n_opt, "loss_opt": l_opt})
+    return out
+
+
 def plot_isoflops(
     idata: Any,
     *,
@@ -340,8 +469,9 @@ def plot_isoflops(
     idata
         A posterior from :func:`bayescale.fit`.
     budgets
-        Budgets in FLOP; default: the data's own isoFLOP budgets (``C`` shared by runs of three
-        or more sizes), else ``n_budgets`` log-spaced across the observed budgets.
+        Budgets in FLOP, as the runs' C counts them; default: the data's own isoFLOP budgets (``C``
+        shared by runs of three or more sizes), else ``n_budgets`` log-spaced across the observed
+        budgets.
     n_budgets
         How many default budgets.
     within
@@ -356,40 +486,24 @@ def plot_isoflops(
     -------
     matplotlib.figure.Figure
         One axes: per budget a median curve and 90% band, its nearby runs, and ``N*(C)``
-        (median marker with a horizontal 90% interval).
+        (median marker with a horizontal 90% interval). Where a table's C column is not 6ND the
+        curves follow the table's budgets (see :func:`isoflop_series`) and the legend says so.
     """
-    from .posterior import optimal_draws, predict_draws
-
     obs = _observed(idata)
-    if budgets is None:
-        C_list = _isoflop_budgets(obs["N"], obs["C"], n_budgets, sep=within**2)
-        if C_list.size < 2:
-            C_list = _default_budgets(obs["C"], n_budgets)
-    else:
-        C_list = np.asarray(budgets, float)
-    if C_list.size == 0 or np.any(~np.isfinite(C_list)) or np.any(C_list <= 0):
-        raise InputError(
-            f"expected budgets > 0, got {np.asarray(budgets).tolist()}", field="budgets"
-        )
-    opt = optimal_draws(idata, C_list)
+    series = isoflop_series(idata, budgets=budgets, n_budgets=n_budgets, within=within, span=span,
+                            n_points=n_points)
     cmap = _colormap(DATA_CMAP)
     fig, axes = _figure(width=7.5, height=5.0)
     ax = axes[0, 0]
-    for j, C in enumerate(C_list):
-        color = cmap(0.9 * j / max(len(C_list) - 1, 1))
-        n_med = float(np.median(opt["N_opt"][:, j]))
-        near = _within(obs["C"], C, within)
-        lo, hi = n_med / span, n_med * span
-        if near.any():  # the curve must reach every run drawn on its slice
-            lo, hi = min(lo, obs["N"][near].min() / 1.5), max(hi, obs["N"][near].max() * 1.5)
-        N = _logspace(lo, hi, n_points)
-        dr = predict_draws(idata, N, C / (6.0 * N), noise=False)
+    for j, sl in enumerate(series):
+        color = cmap(0.9 * j / max(len(series) - 1, 1))
+        C, near = sl["budget"], sl["runs"]
         _bands(
             ax,
-            N,
-            dr,
+            sl["N"],
+            sl["draws"],
             color=color,
-            label=f"C = {_sci(C)} FLOP",
+            label=f"C = {_sci(C)} FLOP" + (" (table's C)" if sl["table_budget"] else ""),
             inner=False,
             alpha=0.22,
             band_label=False,
@@ -404,8 +518,8 @@ def plot_isoflops(
             gid="observed",
             zorder=3,
         )
-        nq = np.quantile(opt["N_opt"][:, j], [0.05, 0.5, 0.95])
-        lq = float(np.median(opt["loss"][:, j]))
+        nq = np.quantile(sl["N_opt"], [0.05, 0.5, 0.95])
+        lq = float(np.median(sl["loss_opt"]))
         ax.errorbar(
             [nq[1]],
             [lq],
@@ -430,7 +544,13 @@ def plot_isoflops(
     ax.set_xlabel(LABEL_N)
     ax.set_ylabel(LABEL_LOSS)
     ax.set_title(_title(idata, "IsoFLOP slices"), fontsize=10)
-    ax.legend(fontsize=8, loc="upper right", ncol=2)
+    title = None
+    if series and series[0]["table_budget"]:
+        r = _budget_ratio(obs)
+        title = f"C as the table counts it (6ND = {r.min():.2f}-{r.max():.2f} × C)"
+    leg = ax.legend(fontsize=8, loc="upper right", ncol=2, title=title)
+    if title:
+        leg.get_title().set_fontsize(8)
     ax.grid(True, which="major", alpha=0.3)
     return fig
 
@@ -598,33 +718,58 @@ def _law_params(idata: Any) -> list[str]:
 LOG_SCALE_PARAMS = ("A", "B", "N_c", "D_c")
 
 
+def _prior_of(idata: Any, names: Sequence[str], n: int, seed: int) -> dict[str, np.ndarray] | None:
+    """Prior draws of ``names``: the file's ``prior`` group where it has them, else drawn afresh
+    from the priors and anchors the metadata records (what the fit drew them from)."""
+    if "prior" in idata.groups() and all(v in idata.prior for v in names):
+        return {v: np.asarray(idata.prior[v].values, float).ravel() for v in names}
+    m = _meta(idata)
+    if "anchors" not in m or "priors" not in m:
+        return None
+    import jax
+
+    from .inference import prior_draws
+    from .models import Anchors
+
+    dr = prior_draws(m["law"], Anchors(**m["anchors"]), m["priors"], n, jax.random.PRNGKey(seed))
+    return {v: np.asarray(dr[v], float).ravel() for v in names} if all(v in dr for v in names) else None
+
+
 def plot_pairs(
     idata: Any, *, var_names: Sequence[str] | None = None, max_points: int = 1500, seed: int = 0,
     law: str | None = None,
 ) -> Figure:
-    """Posterior pairs of the law's parameters, with prior draws behind them.
+    """Posterior pairs of the law's parameters, with prior draws behind them (ArviZ ``plot_pair``,
+    called on the prior group, then on the posterior group over it).
 
-    Limits follow the posterior (its 0.5-99.5% range, widened); the prior is drawn where it
-    falls inside them, so a flat grey background means the data, not the prior, decided.
+    Amplitudes (``A``, ``B``, ``N_c``, ``D_c``) are shown as log10, where their posteriors are
+    compact. Limits follow the posterior (its 0.5-99.5% range, widened) rather than ArviZ's
+    autoscaling, which would fit the prior's far wider range and shrink the posterior to a dot; the
+    prior shows where it falls inside them, so a flat grey background means the data, not the
+    prior, decided.
 
     Parameters
     ----------
     idata
-        A posterior from :func:`bayescale.fit` (with a ``prior`` group for the prior).
+        A posterior from :func:`bayescale.fit` (its ``prior`` group, or the recorded priors).
     var_names
         Parameters to show; default the law's natural parameters.
     max_points
         Draws per scatter (subsampled for legibility).
     seed
-        Seed of the subsampling.
+        Seed of the subsampling (and of the prior draws when the file has none).
     law
         For an averaged posterior, the law to show (default: the one of highest weight).
 
     Returns
     -------
     matplotlib.figure.Figure
-        A lower-triangular grid: histograms on the diagonal, scatters below.
+        A lower-triangular grid: marginal densities on the diagonal, scatters below.
     """
+    from matplotlib.lines import Line2D
+
+    from ._arviz import az
+
     idata = _one_law(idata, law)
     names = list(var_names) if var_names is not None else _law_params(idata)
     post = idata.posterior
@@ -635,91 +780,63 @@ def plot_pairs(
             f"{', '.join(map(str, post.data_vars))}",
             field="var_names",
         )
-    has_prior = "prior" in idata.groups() and all(n in idata.prior for n in names)
     rng = np.random.default_rng(seed)
+    lab = {n: f"log10 {n}" if n in LOG_SCALE_PARAMS else n for n in names}
 
-    def draws(group: Any, name: str) -> np.ndarray:
-        x = np.asarray(group[name].values, float).ravel()
+    def shown(x: np.ndarray, name: str) -> np.ndarray:
         return np.log10(x) if name in LOG_SCALE_PARAMS else x
 
-    P = {n: draws(post, n) for n in names}
-    Q = {n: draws(idata.prior, n) for n in names} if has_prior else {}
+    P = {n: shown(np.asarray(post[n].values, float).ravel(), n) for n in names}
+    raw_prior = _prior_of(idata, names, max_points, seed)
+    Q = {n: shown(raw_prior[n], n) for n in names} if raw_prior is not None else None
     lims = {}
     for n in names:
         lo, hi = np.quantile(P[n], [0.005, 0.995])
         pad = 0.6 * (hi - lo)
         lims[n] = (lo - pad, hi + pad)
     pi = rng.choice(P[names[0]].size, min(max_points, P[names[0]].size), replace=False)
-    qi = (
-        rng.choice(Q[names[0]].size, min(max_points, Q[names[0]].size), replace=False)
-        if has_prior
-        else None
-    )
+    groups = {"posterior": {lab[n]: P[n][pi][None, :] for n in names}}
+    if Q is not None:
+        with np.errstate(invalid="ignore"):  # keep only finite prior draws (a log of a draw at 0)
+            ok = np.all([np.isfinite(Q[n]) for n in names], axis=0)
+        qi = rng.permutation(np.flatnonzero(ok))[:max_points]
+        groups["prior"] = {lab[n]: Q[n][qi][None, :] for n in names}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        both = az.from_dict(**groups)
     k = len(names)
     fig, axes = _figure(k, k, width=2.0 * k + 1, height=2.0 * k + 0.6)
+    scatter = {"s": 4, "marker": "o", "alpha": 0.35, "edgecolors": "none", "rasterized": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for group, color, line in (("prior", PRIOR_COLOR, {"linestyle": "--", "linewidth": 1.5, "color": "0.3"}),
+                                   ("posterior", POSTERIOR_COLOR, {"linewidth": 1.8})):
+            if group not in both.groups():
+                continue
+            az.plot_pair(both, group=group, var_names=[lab[n] for n in names], kind="scatter", marginals=True,
+                         ax=axes, scatter_kwargs={**scatter, "color": color},
+                         marginal_kwargs={"color": color, "plot_kwargs": line}, show=False)
     for i, yn in enumerate(names):
         for j, xn in enumerate(names):
             ax = axes[i, j]
             if j > i:
-                ax.set_visible(False)
                 continue
+            ax.set_xlim(lims[xn])
             if i == j:
-                bins = np.linspace(*lims[xn], 40)
-                ax.hist(
-                    P[xn],
-                    bins=bins,
-                    density=True,
-                    color=POSTERIOR_COLOR,
-                    alpha=0.8,
-                    label="posterior",
-                )
-                if has_prior:
-                    from scipy.stats import gaussian_kde
-
-                    xs = np.linspace(*lims[xn], 200)
-                    ax.plot(
-                        xs, gaussian_kde(Q[xn])(xs), color="0.3", lw=1.5, ls="--", label="prior"
-                    )
-                    ax.set_ylim(0, None)
+                ax.set_ylim(0, None)
                 ax.set_yticks([])
             else:
-                if has_prior:
-                    ax.scatter(
-                        Q[xn][qi],
-                        Q[yn][qi],
-                        s=3,
-                        color=PRIOR_COLOR,
-                        alpha=0.35,
-                        edgecolors="none",
-                        rasterized=True,
-                    )
-                ax.scatter(
-                    P[xn][pi],
-                    P[yn][pi],
-                    s=3,
-                    color=POSTERIOR_COLOR,
-                    alpha=0.35,
-                    edgecolors="none",
-                    rasterized=True,
-                )
                 ax.set_ylim(lims[yn])
-            ax.set_xlim(lims[xn])
-            lab = lambda n: f"log10 {n}" if n in LOG_SCALE_PARAMS else n  # noqa: E731
-            if i == k - 1:
-                ax.set_xlabel(lab(xn))
-            else:
-                ax.tick_params(labelbottom=False)
-            if j == 0 and i > 0:
-                ax.set_ylabel(lab(yn))
-            elif j > 0:
-                ax.tick_params(labelleft=False)
-            ax.tick_params(labelsize=7)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    if has_prior:
-        from matplotlib.lines import Line2D
-
-        handles.append(Line2D([], [], marker="o", ls="", color=PRIOR_COLOR, ms=4))
-        labels.append("prior draws")
+            ax.set_xlabel(lab[xn] if i == k - 1 else "", fontsize=9)
+            ax.set_ylabel(lab[yn] if j == 0 and i > 0 else "", fontsize=9)
+            ax.tick_params(labelsize=7, labelbottom=i == k - 1, labelleft=j == 0 and i > 0)
+    handles = [Line2D([], [], color=POSTERIOR_COLOR, lw=1.8), Line2D([], [], marker="o", ls="", ms=4,
+                                                                    color=POSTERIOR_COLOR)]
+    labels = ["posterior density", "posterior draws"]
+    if Q is not None:
+        handles += [Line2D([], [], color="0.3", ls="--", lw=1.5),
+                    Line2D([], [], marker="o", ls="", ms=4, color=PRIOR_COLOR)]
+        labels += ["prior density", "prior draws"]
     fig.legend(handles, labels, loc="upper right", fontsize=9, bbox_to_anchor=(0.98, 0.9))
     fig.suptitle(_title(idata, "Posterior pairs, with the prior"), fontsize=11)
     return fig
@@ -746,6 +863,7 @@ def plot_trace(idata: Any, *, var_names: Sequence[str] | None = None, law: str |
         ``len(var_names)`` rows of (density, rank bars).
     """
     from ._arviz import az
+    from ._idata import as_arviz
 
     idata = _one_law(idata, law)
     names = list(var_names) if var_names is not None else [*_law_params(idata), "sigma"]
@@ -754,7 +872,7 @@ def plot_trace(idata: Any, *, var_names: Sequence[str] | None = None, law: str |
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # arviz: layout/tight_layout notes
         az.plot_trace(
-            idata,
+            as_arviz(idata),
             var_names=names,
             kind="rank_bars",
             axes=axes,
@@ -855,6 +973,129 @@ def plot_ppc(idata: Any, *, seed: int = 0) -> Figure:
     return fig
 
 
+def loo_pit(idata: Any, *, seed: int = 0) -> dict[str, Any]:
+    """Leave-one-out probability integral transforms of the runs' losses, from the draws alone.
+
+    The pointwise log-likelihood is recomputed from the posterior draws
+    (:func:`bayescale.inference.pointwise_log_lik`), not read from the file, which need not store
+    it; Pareto-smoothed importance weights (ArviZ ``psislw``) turn the posterior predictive into
+    each run's leave-one-out predictive, and ArviZ's ``loo_pit`` reads the observed log loss against
+    it. For an averaged posterior each law's draws are weighted within the law and the laws by
+    their weights (the mixture the other figures draw); inside the runs there is no discrepancy.
+    A calibrated model gives PIT values uniform on [0, 1]: piled at both ends means intervals too
+    narrow, in the middle too wide, at one end a biased law.
+
+    Returns
+    -------
+    dict
+        ``pit`` (one per run, in [0, 1]), ``pareto_k`` (the largest over the laws, per run),
+        ``y`` and ``y_hat`` (observed log loss, and its predictive draws, (runs, draws)),
+        ``log_weights`` (normalised per run, (runs, draws)), and ``ks`` and ``ks_p``: the
+        Kolmogorov-Smirnov distance of the PIT values from uniform and its p-value.
+    """
+    from scipy import stats
+
+    from ._arviz import az
+    from .averaging import noise_draws
+    from .inference import pointwise_log_lik
+    from .models import SAMPLED_SITES, Anchors
+    from .posterior import mixture
+
+    obs = _observed(idata)
+    y = np.log(obs["loss"])
+    lN, lD = np.log(obs["N"]), np.log(obs["D"])
+    se = np.asarray(idata.constant_data["se"].values, float) if "se" in idata.constant_data else None
+    mix = mixture(idata)
+    rng = np.random.default_rng(seed)
+    y_hat, log_w, k_max = [], [], np.full(y.size, -np.inf)
+    for law, view, idx in mix.parts:
+        post = view.posterior
+        samples = {v: np.asarray(post[v].values, float).reshape(-1)[idx] for v in SAMPLED_SITES[law]}
+        m = _meta(view)
+        ll = pointwise_log_lik(law, samples, lN, lD, y, anchors=Anchors(**m["anchors"]),
+                               likelihood=mix.likelihood, nu=mix.nu, se=se)  # (draws, runs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # high Pareto k: reported per run below
+            lw, k = az.psislw(-ll.T)  # normalised over this law's draws, per run
+        log_w.append(np.asarray(lw) + np.log(idx.size / mix.size))
+        k_max = np.maximum(k_max, np.asarray(k))
+        mu = np.log(np.asarray(_law_loss(law, view, idx, obs["N"], obs["D"])))
+        scale = samples["sigma"][:, None] * np.ones_like(y)[None, :]
+        if se is not None:
+            scale = np.sqrt(scale**2 + se[None, :] ** 2)
+        y_hat.append((mu + noise_draws(scale, rng, likelihood=mix.likelihood, nu=mix.nu)).T)
+    y_hat_all, log_w_all = np.concatenate(y_hat, axis=1), np.concatenate(log_w, axis=1)
+    pit = np.asarray(az.loo_pit(y=y, y_hat=y_hat_all, log_weights=log_w_all), float)
+    ks = stats.kstest(pit, "uniform")
+    return {"pit": pit, "pareto_k": k_max, "y": y, "y_hat": y_hat_all, "log_weights": log_w_all,
+            "ks": float(ks.statistic), "ks_p": float(ks.pvalue)}
+
+
+def _law_loss(law: str, view: Any, idx: np.ndarray, N: np.ndarray, D: np.ndarray) -> np.ndarray:
+    """The law's mean loss under draws ``idx`` of ``view`` at each run, (draws, runs)."""
+    from .laws import PARAM_NAMES, broadcast_draws, loss
+    from .posterior import param_draws
+
+    th = {k: v[idx] for k, v in param_draws(view, PARAM_NAMES[law]).items()}
+    return np.asarray(loss(law, broadcast_draws(th), N[None, :], D[None, :]))
+
+
+def plot_loo_pit(idata: Any, *, seed: int = 0, hdi_prob: float = 0.9) -> Figure:
+    """LOO-PIT calibration (ArviZ ``plot_loo_pit``), beside the posterior predictive check.
+
+    Two panels from the same PIT values (:func:`loo_pit`): their density against densities of as
+    many uniform draws (what ArviZ draws by default), and the ECDF's difference from uniform with
+    its ``hdi_prob`` band, which reads better with few runs. A third panel puts each run's PIT
+    against its compute, since a law that bends away from the runs shows as a trend there rather
+    than in the marginal. The title gives the Kolmogorov-Smirnov test against uniform.
+    """
+    from matplotlib.colors import to_hex
+
+    from ._arviz import az
+
+    res = loo_pit(idata, seed=seed)
+    obs = _observed(idata)
+    fig, axes = _figure(1, 3, width=14.0, height=4.4)
+    kw = {"y": res["y"], "y_hat": res["y_hat"], "log_weights": res["log_weights"], "color": to_hex(POSTERIOR_COLOR),
+          "show": False}
+    # ArviZ draws its uniform references from NumPy's global generator: seed it, then put it back
+    state = np.random.get_state()  # noqa: NPY002
+    np.random.seed(seed)  # noqa: NPY002
+    try:
+        az.plot_loo_pit(ax=axes[0, 0], **kw)
+    finally:
+        np.random.set_state(state)  # noqa: NPY002
+    az.plot_loo_pit(ax=axes[0, 1], ecdf=True, hdi_prob=hdi_prob, **kw)
+    axes[0, 0].set_title("density of the LOO-PIT values", fontsize=10)
+    axes[0, 0].set_ylabel("density")
+    axes[0, 1].set_title("ECDF minus uniform", fontsize=10)
+    axes[0, 1].set_ylabel("ECDF(PIT) - PIT")
+    for ax in axes[0, :2]:
+        ax.set_xlabel("LOO-PIT (share of the predictive below the run)")
+        ax.tick_params(labelsize=8)
+        ax.legend(fontsize=8, loc="upper right")
+    ax = axes[0, 2]
+    bad = res["pareto_k"] > 0.7
+    ax.scatter(obs["C"][~bad], res["pit"][~bad], s=12, color=POSTERIOR_COLOR, edgecolors="none", gid="pit",
+               label="runs")
+    if bad.any():
+        ax.scatter(obs["C"][bad], res["pit"][bad], s=22, marker="x", color=OKABE_ITO["vermillion"], gid="pit",
+                   label=f"Pareto k > 0.7 ({int(bad.sum())}): PIT unreliable")
+    for level in (0.05, 0.5, 0.95):
+        ax.axhline(level, color="0.5", lw=0.8, ls="-" if level == 0.5 else ":")
+    ax.set_xscale("log")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(LABEL_C)
+    ax.set_ylabel("LOO-PIT")
+    ax.set_title("LOO-PIT vs compute", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(True, which="major", alpha=0.3)
+    p = f"{res['ks_p']:.2f}" if res["ks_p"] >= 0.01 else f"{res['ks_p']:.1e}"
+    fig.suptitle(_title(idata, f"LOO-PIT calibration (uniform if calibrated: KS {res['ks']:.3f}, p = {p})"),
+                 fontsize=11)
+    return fig
+
+
 # --------------------------------------------------------------------------------------------
 # all at once
 
@@ -923,6 +1164,7 @@ FIGURES: dict[str, Callable[..., Figure]] = {
     "pairs": plot_pairs,
     "trace": plot_trace,
     "ppc": plot_ppc,
+    "loo_pit": plot_loo_pit,
 }
 FORMATS = ("png", "svg", "pdf")
 
@@ -989,12 +1231,16 @@ def plot_groups(idata: Any, *, extrapolate_decades: float = 1.0, n_budgets: int 
 def figure_jobs(idata: Any) -> list[tuple[str, Callable[[], Figure]]]:
     """The figures of :data:`FIGURES` that apply to ``idata``, as ``(name, draw)``: an averaged
     posterior gets ``laws`` and one ``pairs-LAW`` and ``trace-LAW`` per law; a one-law posterior
-    gets no ``laws``."""
+    gets no ``laws``; a group with no runs (``--group new``) gets no ``loo_pit``."""
     from .store import is_averaged, laws_of
 
     averaged = is_averaged(idata)
+    # a group with no runs (drawn from the population) has no runs of its own to leave out
+    no_runs = "(no runs" in str(_meta(idata).get("group", ""))
     jobs: list[tuple[str, Callable[[], Figure]]] = []
     for name, func in FIGURES.items():
+        if name == "loo_pit" and no_runs:
+            continue
         if averaged and name in PER_LAW:
             jobs += [(f"{name}-{law}", lambda f=func, law=law: f(idata, law=law)) for law in laws_of(idata)]
         elif name != "laws" or averaged:
@@ -1003,7 +1249,8 @@ def figure_jobs(idata: Any) -> list[tuple[str, Callable[[], Figure]]]:
 
 
 def plot_all(
-    idata: Any, out_dir: str | os.PathLike[str], fmt: str = "png", *, dpi: int = 110
+    idata: Any, out_dir: str | os.PathLike[str], fmt: str = "png", *, dpi: int = 110,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> list[Path]:
     """Write every figure that applies (:func:`figure_jobs`) to ``out_dir/<name>.<fmt>``.
 
@@ -1017,6 +1264,8 @@ def plot_all(
         ``"png"``, ``"svg"`` or ``"pdf"``.
     dpi
         Resolution of raster output.
+    progress
+        Called as ``progress(name, i, n)`` before the ``i``-th of ``n`` figures is drawn.
 
     Returns
     -------
@@ -1030,7 +1279,10 @@ def plot_all(
         raise InputError("exists and is not a directory", file=str(out), field="--out")
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, make in figure_jobs(idata):
+    jobs = figure_jobs(idata)
+    for i, (name, make) in enumerate(jobs, 1):
+        if progress is not None:
+            progress(name, i, len(jobs))
         path = out / f"{name}.{fmt}"
         make().savefig(path, dpi=dpi)
         paths.append(path)
