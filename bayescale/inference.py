@@ -275,6 +275,19 @@ def _installed(dist: str) -> str | None:
         return None
 
 
+def _source_kind(source: str) -> str:
+    """``directory``, ``example``, ``table`` or ``dataframe``: what kind of source a fit read."""
+    from pathlib import Path
+
+    from .runs import EXAMPLES
+
+    if source.startswith("<"):
+        return "dataframe"
+    if Path(source).is_dir():
+        return "directory"
+    return "example" if source in EXAMPLES and not Path(source).exists() else "table"
+
+
 def run_metadata(runs: pd.DataFrame, config: FitConfig, *, source: str | None, filter: str | None) -> dict[str, Any]:  # noqa: A002
     """Metadata every posterior file carries: the data's provenance, the options, the versions.
 
@@ -292,10 +305,12 @@ def run_metadata(runs: pd.DataFrame, config: FitConfig, *, source: str | None, f
         raw = ("\0".join(map(str, values)).encode() if col == "group"
                else np.ascontiguousarray(values.to_numpy(dtype=np.float64)).tobytes())
         digest.update(f"{col}:{len(values)}:".encode() + raw)
+    src = source if source is not None else runs.attrs.get("source", "<DataFrame>")
     meta: dict[str, Any] = {
         "law": config.law,
         "n_obs": int(len(runs)),
-        "source": source if source is not None else runs.attrs.get("source", "<DataFrame>"),
+        "source": src,
+        "source_kind": _source_kind(src),  # how titles name it: "runs/" for a directory, a table by its file
         "filter": filter if filter is not None else runs.attrs.get("filter"),
         "groups": sorted(map(str, runs["group"].unique())) if "group" in runs else ["all"],
         "data_sha256": digest.hexdigest(),

@@ -51,6 +51,7 @@ def test_saved_posterior_carries_metadata(chinchilla_fit):
     meta = json.loads(idata.posterior.attrs["bayescale"])
     assert meta["law"] == "chinchilla" and meta["n_obs"] == 240
     assert meta["source"] == "chinchilla" and meta["filter"] == "kept_by_epoch == 1"
+    assert meta["source_kind"] == "example"
     assert set(meta["anchors"]) == {"log_N0", "log_D0", "loss_min", "loss_median"}
     assert set(meta["priors"]) == {"E", "alpha", "beta", "log_A_pivot", "log_B_pivot", "sigma"}
     assert {"bayescale", "numpyro", "jax", "arviz"} <= set(meta["versions"])
