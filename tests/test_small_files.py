@@ -55,6 +55,7 @@ def test_psis_equals_arviz(n, scale):
     assert np.exp(lw).sum() == pytest.approx(1.0, abs=1e-12)
 
 
+@pytest.mark.slow
 def test_saved_file_small_and_log_likelihood_recomputed_exactly(tmp_path):
     runs = bs.load_runs(simulate("chinchilla", TRUE_CHINCHILLA, 200, 0.02, 3))
     idata = bs.fit(runs, bs.FitConfig(law="chinchilla", chains=2, warmup=200, draws=300), quiet=True)
@@ -72,6 +73,7 @@ def test_saved_file_small_and_log_likelihood_recomputed_exactly(tmp_path):
     assert with_log_likelihood(idata) is idata
 
 
+@pytest.mark.slow
 def test_grouped_log_likelihood_recomputed(tmp_path):
     import pandas as pd
 
