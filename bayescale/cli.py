@@ -803,7 +803,7 @@ def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     from importlib import import_module
     from importlib.util import find_spec
 
-    for name in ("bayescale.train.cli", "bayescale.plot_cli", "bayescale.design_cli"):
+    for name in ("bayescale.train.cli", "bayescale.plot_cli", "bayescale.design_cli", "bayescale.loop_cli"):
         if find_spec(name) is not None:
             import_module(name).add_commands(sub)
 
