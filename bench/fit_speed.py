@@ -32,6 +32,14 @@ What is measured, all on the 240 Chinchilla rows Epoch AI keep (``kept_by_epoch 
    bootstrap as commonly written (finite-difference gradients, raw parameters, one start per
    resample; ``--naive-resamples``, default 100, extrapolated to 4000).
 
+5. Issue 11's figures: the warm one-law fit's ratio to the bootstrap (target >= 4x) and the size of
+   the posterior file it wrote (target < 1 MB).
+
+6. Issue 10's in-process refit (the design loop refits many times in one process): a refit of the
+   240 rows after the first with bayescale's compiled-once sampler (target <= 2.5 s), beside the
+   same refit re-tracing and re-lowering its sampler each time, as NumPyro's ``MCMC.run`` does;
+   and whether the refit reproduces the first fit's draws (``--skip-refit`` skips this).
+
 Speed ratios are ``baseline_seconds / fit_seconds``; targets: >= 10 for ``first`` and >= 20 for
 ``warm`` (issue 2, acceptance "Speed").
 
@@ -61,6 +69,10 @@ from typing import Any
 import numpy as np
 
 TARGETS = {"first": 10.0, "warm": 20.0}
+#: issue 11: a warm new-process one-law fit at least 4x faster than the bootstrap, its file under 1 MB
+ISSUE11_RATIO, ISSUE11_BYTES = 4.0, 1_000_000
+#: issue 10: an in-process refit of the 240 rows after the first, at most this many seconds
+REFIT_SECONDS = 2.5
 AGREE_TOL = 0.02
 FIT_ARGS = ["fit", "chinchilla", "--law", "chinchilla", "--filter", "kept_by_epoch == 1", "--chains", "4",
             "--warmup", "1000", "--draws", "1000", "--json"]
@@ -91,6 +103,7 @@ def run_fit(cache: Path, out: Path, label: str, args: list[str] = FIT_ARGS) -> d
     if proc.returncode != 0:
         res["error"] = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         return res
+    res["bytes"] = out.stat().st_size
     try:  # the CLI prints exactly one JSON object (possibly indented) on stdout
         res["json"] = json.loads(proc.stdout)
     except ValueError:
@@ -124,6 +137,36 @@ def run_bootstrap(n_resamples: int, seed: int, extra_starts: int) -> dict[str, A
         "se": {k: float(np.nanstd(bs[k], ddof=1)) for k in ("E", "A", "B", "alpha", "beta", "a")},
         "a_q05": float(np.percentile(a, 5)), "a_q95": float(np.percentile(a, 95)),
     }
+
+
+def inprocess_refits(repeats: int = 3) -> dict[str, Any]:
+    """In-process refits of the 240 rows (one law, default sampler settings), the design loop's case:
+    with the sampler compiled once (bayescale's path), and each refit re-tracing and re-lowering its
+    sampler as NumPyro's ``MCMC.run`` does on every call (the compiled programs and JAX's in-memory
+    caches are dropped before each; XLA still finds the compiled code in the persistent cache)."""
+    import jax
+
+    import bayescale as bs
+    from bayescale import sampler
+
+    runs = bs.load_runs("chinchilla", filter="kept_by_epoch == 1")
+    cfg = bs.FitConfig(law="chinchilla")
+    first = time.perf_counter()
+    ref = bs.fit(runs, cfg, quiet=True)
+    first = time.perf_counter() - first
+    reused, retraced = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        again = bs.fit(runs, cfg, quiet=True)
+        reused.append(time.perf_counter() - t0)
+        sampler._COMPILED.clear()
+        jax.clear_caches()
+        t0 = time.perf_counter()
+        bs.fit(runs, cfg, quiet=True)
+        retraced.append(time.perf_counter() - t0)
+    same = bool(np.array_equal(ref.posterior["alpha"].values, again.posterior["alpha"].values))
+    return {"first_seconds": first, "refit_seconds": min(reused), "retraced_seconds": min(retraced),
+            "same_draws": same, "repeats": repeats}
 
 
 def import_floor(repeats: int = 3) -> float:
@@ -193,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="starts per resample besides the full-data optimum (default 1)")
     ap.add_argument("--skip-fit", action="store_true", help="only time the bootstrap baseline")
     ap.add_argument("--skip-averaged", action="store_true", help="do not time the averaged (default) fit")
+    ap.add_argument("--skip-refit", action="store_true", help="do not time in-process refits")
     ap.add_argument("--naive-resamples", type=int, default=100,
                     help="resamples of the commonly written bootstrap, for scale (0: skip)")
     args = ap.parse_args(argv)
@@ -273,6 +317,26 @@ def main(argv: list[str] | None = None) -> int:
     summary["averaged_fits"] = {k: {"seconds": v["seconds"], "ratio_to_one_law": v["seconds"] / fits[k]["seconds"]}
                                 for k, v in averaged.items()}
     summary["ratios"] = ratios
+
+    warm = fits.get("warm", {})
+    if "json" in warm:
+        r11 = base_4000 / warm["seconds"]
+        print(f"issue 11: warm new-process one-law fit {warm['seconds']:.2f} s, {r11:.1f}x faster than the "
+              f"bootstrap (target >= {ISSUE11_RATIO:.0f}x: {'MET' if r11 >= ISSUE11_RATIO else 'NOT met'}); "
+              f"its posterior file {warm['bytes'] / 1e6:.2f} MB (target < 1 MB: "
+              f"{'MET' if warm['bytes'] < ISSUE11_BYTES else 'NOT met'})")
+        summary["issue11"] = {"ratio": r11, "bytes": warm["bytes"], "meets_target":
+                              bool(r11 >= ISSUE11_RATIO and warm["bytes"] < ISSUE11_BYTES)}
+    if not args.skip_refit:
+        print("[refit] in-process refits of the 240 rows ...", file=sys.stderr, flush=True)
+        rf = inprocess_refits()
+        print(f"in-process refit (issue 10): {rf['refit_seconds']:.2f} s with the sampler compiled once, "
+              f"{rf['retraced_seconds']:.2f} s re-tracing and re-lowering it each time "
+              f"({rf['retraced_seconds'] / rf['refit_seconds']:.2f}x; first fit in this process "
+              f"{rf['first_seconds']:.2f} s); target <= {REFIT_SECONDS} s: "
+              f"{'MET' if rf['refit_seconds'] <= REFIT_SECONDS else 'NOT met'}; same draws as the first fit: "
+              f"{rf['same_draws']}")
+        summary["refit"] = rf
 
     # context: the floor no new-process fit can beat, and the bootstrap as commonly written
     floor = import_floor()
