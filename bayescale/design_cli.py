@@ -231,7 +231,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     from .design import MAX_DRAWS, OBJECTIVES
 
     d = sub.add_parser("design", help="which runs to train next: expected information gain per FLOP")
-    d.add_argument("model", metavar="MODEL.nc")
+    d.add_argument("model", metavar="MODEL.nc", help="a posterior written by `bayescale fit`")
     d.add_argument("--objective", choices=list(OBJECTIVES), default="n_opt",
                    help="what the runs should teach: log N*, log D* or the log loss at --target-compute, the log "
                         "losses at --target's rows, or all parameters (default n_opt)")
