@@ -740,7 +740,9 @@ def select(dr: DesignDraws, ranking: Ranking, *, budget: float, phi: np.ndarray 
     """
     cost = ranking.cost
     left = float(budget)
-    bound = ranking.eig / cost
+    # an EIG that could not be estimated (NaN: e.g. a posterior so wide that one draw takes all the
+    # weight after an outcome) counts as no information rather than stopping the selection
+    bound = np.nan_to_num(ranking.eig / cost, nan=0.0)
     batch = Batch(dr.lik, dr.M, scenarios, seed)
     picks, eigs, ratios = [], [], []
     shrink = 1.0  # expected sd of the objective after the picks so far, over its sd before them
@@ -750,7 +752,7 @@ def select(dr: DesignDraws, ranking: Ranking, *, budget: float, phi: np.ndarray 
             break
         if not picks:
             best = int(np.flatnonzero(ok)[np.argmax(bound[ok])])
-            val = float(ranking.eig[best])
+            val = float(np.nan_to_num(ranking.eig[best], nan=0.0))
             ratio = None if ranking.sd_ratio is None else float(ranking.sd_ratio[best])
         else:
             fresh: dict[int, tuple[float, float | None]] = {}
@@ -764,8 +766,12 @@ def select(dr: DesignDraws, ranking: Ranking, *, budget: float, phi: np.ndarray 
                 r = mutual_information(dr.lik, (mu, s), scenario_loglik=batch.scenario_loglik, phi=phi, bounds=False)
                 vals = r["targeted"] if phi is not None else r["eig"]
                 for j, i in enumerate(top):
-                    fresh[i] = (max(float(vals[j]), 0.0), None if phi is None else float(r["sd_ratio"][j]))
+                    v = float(vals[j])
+                    fresh[i] = (max(v, 0.0) if np.isfinite(v) else 0.0,
+                                None if phi is None else float(r["sd_ratio"][j]))
                     bound[i] = fresh[i][0] / cost[i]
+            if not fresh:  # every bound is zero: nothing left to learn
+                break
             best = max(fresh, key=lambda i: fresh[i][0] / cost[i])
             val, ratio = fresh[best]
         if val <= 0:

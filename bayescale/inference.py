@@ -199,11 +199,14 @@ def measurement_se(runs: pd.DataFrame) -> np.ndarray | None:
 
 
 def fit_law(runs: pd.DataFrame, law: str, config: FitConfig, rng_key: Any, *, quiet: bool = True,
-            family: tuple[str, ...] | None = None, progress: str | None = None) -> LawFit:
+            family: tuple[str, ...] | None = None, progress: str | None = None,
+            warm_start: WarmStart | None = None) -> LawFit:
     """Fit one law to a validated table by NUTS (the parts; :func:`fit` makes the file's InferenceData).
 
     A table with several groups gets one law per group, pooled as ``config`` says (:class:`Groups`).
     ``progress`` labels a progress line on stderr while it samples (None: no progress).
+    ``warm_start`` starts the chains where an earlier fit of similar runs ended, with its
+    adaptation (a design loop's refits; :class:`bayescale.sampler.WarmStart`).
     """
     N, D, y = (runs[c].to_numpy(float) for c in ("N", "D", "loss"))
     anchors = Anchors.from_data(N, D, y)
@@ -217,7 +220,7 @@ def fit_law(runs: pd.DataFrame, law: str, config: FitConfig, rng_key: Any, *, qu
     t0 = time.perf_counter()
     draws = sample_law(law, np.log(N), np.log(D), np.log(y), anchors=anchors, priors=priors, config=config,
                        rng_key=key_mcmc, group=None if grp.pooling is None else grp.index,
-                       pooling=grp.pooling, se=se, progress=progress)
+                       pooling=grp.pooling, se=se, progress=progress, warm_start=warm_start)
     seconds = time.perf_counter() - t0
     log_lik = pointwise_log_lik(law, draws.samples, np.log(N), np.log(D), np.log(y), anchors=anchors,
                                 likelihood=config.likelihood, nu=config.nu, group=grp.index, se=se)
@@ -384,14 +387,23 @@ def fit(
         from .averaging import fit_family
 
         return fit_family(runs, cfg, quiet=quiet, source=source, filter=filter, progress=show)
-    f = fit_law(runs, cfg.law, cfg, jax.random.PRNGKey(cfg.seed), quiet=quiet,
-                progress=f"{cfg.law} law" if show else None)
-    meta = {**run_metadata(runs, cfg, source=source, filter=filter), **law_metadata(f)}
-    if f.groups_ is not None:
-        meta.update(group_metadata(f.groups_))
-    idata = build_idata(runs, f.groups(), meta, f.groups_)
+    idata, f = fit_one_law(runs, cfg, jax.random.PRNGKey(cfg.seed), quiet=quiet, source=source, filter=filter,
+                           progress=f"{cfg.law} law" if show else None)
     report_diagnostics(idata, f.seconds, quiet)
     return idata
+
+
+def fit_one_law(runs: pd.DataFrame, config: FitConfig, rng_key: Any, *, quiet: bool = True,
+                source: str | None = None, filter: str | None = None,  # noqa: A002
+                progress: str | None = None, warm_start: WarmStart | None = None,
+                extra_meta: dict[str, Any] | None = None) -> tuple[Posterior, LawFit]:
+    """One law (``config.law``) fitted and laid out as a posterior, with the :class:`LawFit` it
+    came from (whose ``adapted`` a later refit can start from, see ``warm_start``)."""
+    f = fit_law(runs, config.law, config, rng_key, quiet=quiet, progress=progress, warm_start=warm_start)
+    meta = {**run_metadata(runs, config, source=source, filter=filter), **law_metadata(f), **(extra_meta or {})}
+    if f.groups_ is not None:
+        meta.update(group_metadata(f.groups_))
+    return build_idata(runs, f.groups(), meta, f.groups_), f
 
 
 def report_diagnostics(idata: Posterior, seconds: float, quiet: bool) -> None:
