@@ -62,6 +62,7 @@ def test_parse_budget():
             parse_budget(bad)
 
 
+@pytest.mark.slow
 def test_oracle_replay_spends_within_budget_and_narrows(pool_csv, tmp_path, capsys):
     path, df = pool_csv
     out = tmp_path / "loop"
@@ -100,6 +101,7 @@ def test_oracle_replay_spends_within_budget_and_narrows(pool_csv, tmp_path, caps
     assert int(post.constant_data["N"].size) == res["runs_final"]
 
 
+@pytest.mark.slow
 def test_stop_width_stops_early(pool_csv, capsys):
     path, _ = pool_csv
     rc = _main(["--oracle", str(path), "--budget", "50%", "--init", "8", "--target-compute", "1e22",
@@ -132,6 +134,7 @@ def test_refusals(pool_csv, tmp_path, capsys, argv, field, text):
     assert len(cap.err.strip().splitlines()) == 1 and "Traceback" not in cap.err
 
 
+@pytest.mark.slow
 def test_refuses_an_unconverged_fit(pool_csv, capsys):
     path, _ = pool_csv
     rc = _main(["--oracle", str(path), "--budget", "5%", "--init", "8", "--chains", "2", "--warmup", "3",
@@ -177,6 +180,7 @@ class _Killed(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_live_loop_trains_chosen_runs_and_resumes(toy_plan, tmp_path, monkeypatch, capsys):
     """>= 3 runs chosen by the design are trained and refitted; a loop killed after its first chosen
     run, re-run with the same command, ends with the same runs directory as an uninterrupted one."""
