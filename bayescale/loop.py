@@ -443,6 +443,8 @@ def replay(table: pd.DataFrame, cost: np.ndarray, start: Sequence[int], budget: 
             break
         t1 = time.perf_counter()
         bb = min(left, batch_budget or batch_budget_default(budget, float(c.min())))
+        if max_iterations is not None:  # what earlier batches left unspent rolls over to the batches left
+            bb = max(bb, left / max(1, max_iterations - it))
         picks = chooser(idata, N, D, c, bb, it)
         if not picks:  # nothing affordable within the batch budget: try the whole remainder once
             picks = chooser(idata, N, D, c, left, it)
