@@ -410,7 +410,12 @@ def mutual_information(
     if phi is not None:
         phi, P = _project(np.asarray(phi, float), W)
         psi = _moment_columns(phi)
-        cov = np.stack([np.atleast_2d(np.cov(phi.T, aweights=w)) for w in W]) if M > 1 else np.ones((W.shape[0], P, P))
+        # a scenario whose weight sits on one draw has no spread to estimate: its covariance comes out
+        # non-finite, and the EIG it feeds is NaN, which select() counts as none (no warning printed)
+        with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # numpy's "degrees of freedom <= 0"
+            cov = np.stack([np.atleast_2d(np.cov(phi.T, aweights=w)) for w in W]) if M > 1 \
+                else np.ones((W.shape[0], P, P))
         jitter = cov / M
     else:
         P, psi, jitter = 0, np.zeros((M, 1)), np.zeros((W.shape[0], 1, 1))
