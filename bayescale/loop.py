@@ -367,6 +367,21 @@ class LoopResult:
     spent: float
     stopped: str  # why the loop ended
     runs: pd.DataFrame
+    objective: Objective | None = None  # with the target budget the loop fixed at its start
+
+
+def fix_target(objective: Objective, start: pd.DataFrame) -> Objective:
+    """``objective`` with its budget fixed for the whole loop: by default 100x the largest start run.
+
+    Fixed once, from the runs the loop starts from (which a resumed loop records), so that every
+    iteration is about the same N*(C): a default taken from each refit's runs would move C up as the
+    loop buys larger runs, and the trajectory would mix answers to different questions.
+    """
+    if objective.target_compute is not None or objective.name not in ("n_opt", "d_opt", "loss_opt"):
+        return objective
+    N, D = start["N"].to_numpy(float), start["D"].to_numpy(float)
+    C = start["C"].to_numpy(float) if "C" in start else 6.0 * N * D
+    return replace(objective, target_compute=100.0 * float(np.max(C)))
 
 
 #: a chooser: (idata, candidates N, D, cost, budget for this batch, iteration) -> (picks, design or None)
@@ -422,6 +437,7 @@ def replay(table: pd.DataFrame, cost: np.ndarray, start: Sequence[int], budget: 
     (or ``stop``, given the objective's summary, says so: benchmarks stop at their criterion)."""
     pool = OraclePool(table, cost)
     have = pool.take(start)
+    objective = fix_target(objective, have)
     chooser = chooser or eig_chooser(objective, seed=seed)
     steps: list[Step] = []
     spent, it, stopped = 0.0, 0, ""
@@ -462,7 +478,7 @@ def replay(table: pd.DataFrame, cost: np.ndarray, start: Sequence[int], budget: 
         have = pd.concat([have, new])
         it += 1
     have = have.reset_index(drop=True)
-    return LoopResult(idata, steps, spent, stopped, have)
+    return LoopResult(idata, steps, spent, stopped, have, objective)
 
 
 def _check(idata: Any, allow: bool, it: int, log: Callable[[str], None] | None) -> None:
@@ -594,6 +610,7 @@ def live(runs_dir: Path, ladder: Ladder, budget: float, objective: Objective, fi
         have = completed_runs(runs_dir)
         ids_have = set(map(str, have["run_id"]))
         added = have[~have["run_id"].astype(str).isin(start)]
+        objective = fix_target(objective, have[have["run_id"].astype(str).isin(start)])
         spent = float(np.sum(6.0 * added["N"].to_numpy(float) * added["D"].to_numpy(float)))
         t0 = time.perf_counter()
         idata = fitter.fit(have.sort_values("run_id").reset_index(drop=True), it, source=str(runs_dir))
@@ -627,7 +644,7 @@ def live(runs_dir: Path, ladder: Ladder, budget: float, objective: Objective, fi
         write_state(runs_dir, state)  # before training: a killed loop resumes this very batch
         for rid in chosen:
             pool.train(rid)
-    return LoopResult(idata, steps, spent, stopped, have)
+    return LoopResult(idata, steps, spent, stopped, have, objective)
 
 
 def _completed(runs_dir: Path, run_id: str) -> bool:

@@ -146,6 +146,7 @@ def cmd_loop(args: argparse.Namespace) -> int:
                          after_run=getattr(args, "after_run", None))
         extra = {"mode": mode, "runs": str(runs_dir), "budget": budget, "ladder": ladder.to_json()}
     final = result.steps[-1].objective if result.steps else None
+    objective = result.objective or objective  # with the budget the loop fixed at its start
     files: dict[str, str] = {}
     trace = lp.trace_json(result, objective, extra)
     if out is not None:

@@ -104,10 +104,13 @@ def test_oracle_replay_spends_within_budget_and_narrows(pool_csv, tmp_path, caps
 @pytest.mark.slow
 def test_stop_width_stops_early(pool_csv, capsys):
     path, _ = pool_csv
-    rc = _main(["--oracle", str(path), "--budget", "50%", "--init", "8", "--target-compute", "1e22",
+    rc = _main(["--oracle", str(path), "--budget", "50%", "--init", "8",
                 "--stop-width", "100", "--json", *SAMPLER])
     res = json.loads(capsys.readouterr().out)
     assert rc == 0
+    df = pd.read_csv(path)
+    c = np.sort(6 * df["N"].to_numpy() * df["D"].to_numpy())
+    assert res["target_compute"] == pytest.approx(100 * c[7], rel=1e-9)  # 100x the largest of the 8 start rows
     assert len(res["iterations"]) == 1 and res["flops_spent"] == 0.0
     assert "--stop-width" in res["stopped"]
 
@@ -253,3 +256,18 @@ def test_ladder_entries_are_what_the_trainer_trains(toy_plan):
         # whole steps of 8 sequences x 16 tokens
         assert e["D"] % 128 == 0 and e["D"] <= e["train"].tokens < e["D"] + 128
     assert pd.Series([e["run_id"] for e in entries]).is_unique
+
+
+def test_default_target_budget_is_fixed_at_the_start():
+    """N*(C) with C = 100x the largest start run, for the whole loop: not moved up by the runs it buys."""
+
+    from bayescale.loop import Objective, fix_target
+
+    start = pd.DataFrame({"N": [1e6, 4e6], "D": [2e7, 1e7], "loss": [4.0, 3.8]})
+    fixed = fix_target(Objective("n_opt"), start)
+    assert fixed.target_compute == pytest.approx(100 * 6 * 4e6 * 1e7, rel=1e-12)
+    assert fix_target(fixed, start.assign(N=[1e9, 1e9])) is fixed  # once fixed, later runs do not move it
+    with_c = start.assign(C=[5e14, 9e14])  # a table's own C wins over 6ND
+    assert fix_target(Objective("d_opt"), with_c).target_compute == pytest.approx(9e16, rel=1e-12)
+    assert fix_target(Objective("n_opt", target_compute=1e22), start).target_compute == 1e22
+    assert fix_target(Objective("loss_at"), start).target_compute is None
