@@ -79,17 +79,20 @@ def cmd_design(args: argparse.Namespace) -> int:
         n_b = (dr.N_obs.min() / args.widen, dr.N_obs.max() * args.widen)
         d_b = (dr.D_obs.min() / args.widen, dr.D_obs.max() * args.widen)
         if args.isoflop:
-            N, D = dz.isoflop_candidates([c for c in args.isoflop if c <= max_c], n_b, d_b, args.points)
+            N, D = dz.isoflop_candidates([c for c in args.isoflop if c <= max_c and c >= (args.min_compute or 0)],
+                                         n_b, d_b, args.points)
             source = f"isoFLOP lines at {', '.join(_fmt(c) for c in args.isoflop)}"
         else:
-            N, D = dz.grid_candidates(dr.N_obs, dr.D_obs, widen=args.widen, points=args.points, max_compute=max_c)
+            N, D = dz.grid_candidates(dr.N_obs, dr.D_obs, widen=args.widen, points=args.points, max_compute=max_c,
+                                      min_compute=args.min_compute)
             source = f"a {args.points} x {args.points} log grid (observed N, D ranges x{args.widen:g} each side)"
         if len(N) == 0:
             raise InputError(f"no candidates inside the bounds (N in [{_fmt(n_b[0])}, {_fmt(n_b[1])}], D in "
                              f"[{_fmt(d_b[0])}, {_fmt(d_b[1])}], C <= {_fmt(max_c)}); raise --max-compute or --widen",
                              field="--max-compute" if args.max_compute else "--isoflop")
         cost = 6.0 * N * D
-        source += f", C <= {_fmt(max_c)}: {len(N)} candidates"
+        low = f"{_fmt(args.min_compute)} <= " if args.min_compute else ""
+        source += f", {low}C <= {_fmt(max_c)}: {len(N)} candidates"
     if args.budget is not None and args.budget < cost.min():
         raise InputError(f"the budget {_fmt(args.budget)} FLOP is below the cheapest candidate's cost "
                          f"({_fmt(float(cost.min()))} FLOP)", field="--budget")
@@ -248,6 +251,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "(default 3)")
     d.add_argument("--max-compute", type=_positive_float, metavar="C",
                    help="drop generated candidates above this compute (default 10 x the largest run)")
+    d.add_argument("--min-compute", type=_positive_float, metavar="C",
+                   help="drop generated candidates below this compute: runs too small to be worth training, "
+                        "which EIG per FLOP favours because they cost almost nothing (default: none)")
     d.add_argument("--points", type=_positive_int, default=40,
                    help="grid points per axis (isoFLOP: per line) (default 40)")
     d.add_argument("--budget", type=_positive_float, metavar="FLOP",

@@ -192,6 +192,19 @@ def test_design_command_json_and_figure(small_fit, tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_design_min_compute_drops_the_cheapest_runs(small_fit, capsys):
+    base = ["design", small_fit, "--target-compute", "5.88e23", "--top", "5", "--points", "15", "--no-figure", "--json"]
+    code, out, err = run_cli(base, capsys)
+    assert code == 0, err
+    cheapest = min(r["cost"] for r in json.loads(out)["selected"])
+    floor = 10 * cheapest
+    code, out, err = run_cli([*base, "--min-compute", str(floor)], capsys)
+    assert code == 0, err
+    rows = json.loads(out)["selected"]
+    assert len(rows) == 5 and all(r["cost"] >= floor * (1 - 1e-9) for r in rows)
+
+
+@pytest.mark.slow
 def test_design_candidates_table_carries_columns(small_fit, tmp_path, capsys):
     pool = tmp_path / "pool.csv"
     pool.write_text("N,D,cost,config\n1e8,2e9,1.3e18,a\n3e8,6e9,1.2e19,b\n1e9,2e10,1.3e20,c\n")
