@@ -810,8 +810,13 @@ def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``bayescale`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    return dispatch(build_parser().parse_args(argv))
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run a parsed command with the CLI's contract for failures: bad input exits 2 with one line
+    (and, with ``--json``, one error object on stdout), an internal error exits 1 without a
+    traceback unless ``BAYESCALE_DEBUG`` is set."""
     try:
         return int(args.func(args) or 0)
     except InputError as e:

@@ -7,17 +7,12 @@ raises :class:`bayescale.errors.InputError`, which the CLI turns into exit statu
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from .cli import _log
 from .errors import InputError
-
-
-def _log(args: argparse.Namespace, msg: str) -> None:
-    if not getattr(args, "json", False):
-        print(msg, file=sys.stderr, flush=True)
 
 
 def _table_nd(path_arg: str, field: str, *, want_cost: bool = False) -> Any:

@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from .cli import _log, _quiet
 from .errors import InputError
-
-
-def _log(args: argparse.Namespace, msg: str) -> None:
-    if not (getattr(args, "json", False) or getattr(args, "quiet", False)):
-        print(msg, file=sys.stderr, flush=True)
 
 
 def parse_budget(text: str) -> tuple[float, bool]:
@@ -70,7 +65,7 @@ def cmd_loop(args: argparse.Namespace) -> int:
     objective = lp.Objective(args.objective, args.target_compute, target)
     cfg = FitConfig(law=args.law, chains=args.chains, warmup=args.warmup, draws=args.draws, seed=args.seed)
     fitter = lp.Fitter(cfg, warm_warmup=min(args.warmup, lp.WARM_WARMUP))
-    log = None if (args.json or args.quiet) else lp.stderr
+    log = None if _quiet(args) else lp.stderr
     out = None
     if args.out:
         from .plot_cli import _out_dir

@@ -11,17 +11,11 @@ import base64
 import html
 import io
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
+from .cli import _log
 from .errors import InputError
-
-
-def _log(args: argparse.Namespace, msg: str) -> None:
-    """Progress on stderr, unless ``--json`` or ``--quiet`` asked for silence."""
-    if not (getattr(args, "json", False) or getattr(args, "quiet", False)):
-        print(msg, file=sys.stderr, flush=True)
 
 
 def _progress(args: argparse.Namespace) -> Any:

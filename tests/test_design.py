@@ -130,20 +130,9 @@ def small_fit(tmp_path_factory):
 
 
 def run_cli(argv, capsys):
-    from bayescale import cli, design_cli
+    from bayescale import cli
 
-    orig = cli._add_optional_commands
-
-    def patched(sub):
-        orig(sub)
-        if "design" not in sub.choices:
-            design_cli.add_commands(sub)
-
-    cli._add_optional_commands = patched
-    try:
-        code = cli.main([str(a) for a in argv])
-    finally:
-        cli._add_optional_commands = orig
+    code = cli.main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
 

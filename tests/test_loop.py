@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -16,31 +15,15 @@ from tests.conftest import TRUE_CHINCHILLA, simulate
 SAMPLER = ["--chains", "4", "--warmup", "200", "--draws", "200"]
 
 
-def _parser() -> argparse.ArgumentParser:
-    from bayescale.loop_cli import add_commands
-
-    p = argparse.ArgumentParser(prog="bayescale")
-    sub = p.add_subparsers(dest="command")
-    add_commands(sub)
-    return p
-
-
 def _main(argv: list[str], **extra) -> int:
-    """Run ``bayescale loop`` as the CLI's entry point does (InputError -> exit 2, one line)."""
-    import sys
+    """Run ``bayescale loop`` as the console script does; ``extra`` sets options the command line
+    has no flag for (a hook that stops the loop mid-run)."""
+    from bayescale.cli import build_parser, dispatch
 
-    from bayescale.cli import _emit_json
-
-    args = _parser().parse_args(["loop", *argv])
+    args = build_parser().parse_args(["loop", *argv])
     for k, v in extra.items():
         setattr(args, k, v)
-    try:
-        return int(args.func(args) or 0)
-    except InputError as e:
-        print(f"bayescale loop: error: {e}", file=sys.stderr)
-        if args.json:
-            _emit_json({"error": e.detail, "field": e.field, "file": e.file})
-        return 2
+    return dispatch(args)
 
 
 @pytest.fixture(scope="module")
@@ -179,8 +162,8 @@ tokens = [640, 10240]
     return plan, root
 
 
-class _Killed(Exception):
-    pass
+class _Killed(BaseException):
+    """A kill: not an error the CLI reports (it is not an Exception), it ends the process."""
 
 
 @pytest.mark.slow
