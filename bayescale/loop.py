@@ -20,8 +20,8 @@ Two pools:
 
 Fits. The default is one law (``chinchilla``): a loop refits many times, and a single law refits
 in seconds where the averaged family takes about four times as long (its forward-validation
-refits). Each single-law refit goes through :func:`bayescale.inference.sample_law`, which runs
-the compiled-once sampler (:class:`bayescale.sampler.CompiledNUTS`, padded to a power-of-two
+refits). Each single-law refit goes through :func:`bayescale.inference.fit_one_law`, whose
+sampler is compiled once (:class:`bayescale.sampler.CompiledNUTS`, padded to a power-of-two
 bucket, so a growing table recompiles only when it crosses one), and starts from the previous
 fit's chains and adaptation (:class:`bayescale.sampler.WarmStart`) with a shorter warm-up. That is
 sound: the target is the same law with the same priors, anchored on the new table exactly as a
@@ -405,7 +405,7 @@ def random_chooser(seed: int) -> Chooser:
             if cost[i] <= left:
                 picks.append(int(i))
                 left -= cost[i]
-        return picks[:max(1, len(picks))]
+        return picks
     return choose
 
 
@@ -600,6 +600,8 @@ def live(runs_dir: Path, ladder: Ladder, budget: float, objective: Objective, fi
                 pool.train(rid)
     fitter.warm_from_json(state["warm"])
     start = set(state["start"])
+    begun = completed_runs(runs_dir)  # every start run is trained by now
+    objective = fix_target(objective, begun[begun["run_id"].astype(str).isin(start)])
     steps: list[Step] = []
     stopped = ""
     while True:
@@ -610,7 +612,6 @@ def live(runs_dir: Path, ladder: Ladder, budget: float, objective: Objective, fi
         have = completed_runs(runs_dir)
         ids_have = set(map(str, have["run_id"]))
         added = have[~have["run_id"].astype(str).isin(start)]
-        objective = fix_target(objective, have[have["run_id"].astype(str).isin(start)])
         spent = float(np.sum(6.0 * added["N"].to_numpy(float) * added["D"].to_numpy(float)))
         t0 = time.perf_counter()
         idata = fitter.fit(have.sort_values("run_id").reset_index(drop=True), it, source=str(runs_dir))

@@ -1033,11 +1033,10 @@ def loo_pit(idata: Any, *, seed: int = 0) -> dict[str, Any]:
 
 def _law_loss(law: str, view: Any, idx: np.ndarray, N: np.ndarray, D: np.ndarray) -> np.ndarray:
     """The law's mean loss under draws ``idx`` of ``view`` at each run, (draws, runs)."""
-    from .laws import PARAM_NAMES, broadcast_draws, loss
-    from .posterior import param_draws
+    from .laws import broadcast_draws, loss
+    from .posterior import _law_params
 
-    th = {k: v[idx] for k, v in param_draws(view, PARAM_NAMES[law]).items()}
-    return np.asarray(loss(law, broadcast_draws(th), N[None, :], D[None, :]))
+    return np.asarray(loss(law, broadcast_draws(_law_params(view, law, idx)), N[None, :], D[None, :]))
 
 
 def plot_loo_pit(idata: Any, *, seed: int = 0, hdi_prob: float = 0.9) -> Figure:

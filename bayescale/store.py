@@ -214,8 +214,7 @@ def save_posterior(idata: Posterior, path: str | os.PathLike[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        if not isinstance(idata, Posterior):  # an arviz.InferenceData made elsewhere
-            idata = Posterior(**{g: idata[g] for g in idata.groups()})
+        # a Posterior or an arviz.InferenceData made elsewhere: both name their groups the same way
         Posterior(**{g: idata[g] for g in idata.groups() if g not in NOT_SAVED}).to_netcdf(tmp)
         os.replace(tmp, path)
     finally:
