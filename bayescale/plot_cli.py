@@ -11,6 +11,7 @@ import base64
 import html
 import io
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +111,9 @@ def expand_laws(models: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[
     return out, lfo
 
 
-def compare_models(models: dict[str, Any]) -> dict[str, Any]:
-    """PSIS-LOO comparison of posteriors fitted to the same data.
+def compare_models(models: dict[str, Any], *, by_group: bool = False, quiet: bool = True) -> dict[str, Any]:
+    """PSIS-LOO comparison of posteriors fitted to the same data (and leave-one-group-out with
+    ``by_group``).
 
     An averaged posterior enters as its laws, each with the weight and forward-validation score
     its averaging gave it beside the LOO figures: LOO scores fit among the runs one has, the
@@ -128,7 +130,9 @@ def compare_models(models: dict[str, Any]) -> dict[str, Any]:
     dict
         ``table``: one row per law, best first (``elpd_loo, se, p_loo, elpd_diff, dse,
         weight, pareto_k_bad``, and ``lfo_weight`` and ``elpd_lfo`` for the laws of an averaged
-        posterior, else null), and ``pareto_k_threshold``.
+        posterior, else null), and ``pareto_k_threshold``. With ``by_group``, ``by_group``: the
+        leave-one-group-out ranking of :func:`bayescale.logo.compare_by_group` (one refit per law
+        and group; ``quiet=False`` says which on stderr).
     """
     import warnings
 
@@ -144,6 +148,11 @@ def compare_models(models: dict[str, Any]) -> dict[str, Any]:
         raise InputError(
             f"expected at least two posteriors to compare, got {len(models)}", field="MODEL"
         )
+    laws_only = models
+    if by_group:  # refuse before any work if there are no groups to leave out
+        from .logo import group_labels
+
+        group_labels(laws_only)
     # saved files leave the pointwise log-likelihood out: it is recomputed from the draws
     models = {name: as_arviz(with_log_likelihood(idata)) for name, idata in models.items()}
     ref = None
@@ -186,7 +195,12 @@ def compare_models(models: dict[str, Any]) -> dict[str, Any]:
             }
         )
     cuts = sorted({c for v in lfo.values() for c in v["cuts"]})
-    return {"table": rows, "pareto_k_threshold": PARETO_K_BAD, "lfo_cuts": cuts}
+    out = {"table": rows, "pareto_k_threshold": PARETO_K_BAD, "lfo_cuts": cuts}
+    if by_group:
+        from .logo import compare_by_group
+
+        out["by_group"] = compare_by_group(laws_only, quiet=quiet)
+    return out
 
 
 COMPARE_BAND_ALPHA = 0.18  # the 90% band's opacity (the 50% band's is twice it)
@@ -242,8 +256,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if len(set(names)) < len(names):
         raise InputError("the same file is given twice", field="MODEL")
     models = {n: load_posterior(m) for n, m in zip(names, args.models, strict=True)}
-    _log(args, f"comparing {len(models)} posteriors by PSIS-LOO ...")
-    res = compare_models(models)
+    _log(args, f"comparing {len(models)} posteriors by PSIS-LOO"
+         + (", then leaving out each group in turn (one refit per law and group) ..." if args.by_group else " ..."))
+    res = compare_models(models, by_group=args.by_group, quiet=args.quiet or args.json)
     fig_path = None
     if args.out:
         out = _out_dir(args.out)
@@ -277,9 +292,28 @@ def cmd_compare(args: argparse.Namespace) -> int:
             f"warning: {r['model']}: {r['pareto_k_bad']} runs with Pareto k > {PARETO_K_BAD}; "
             "its LOO estimate is unreliable for them"
         )
+    if "by_group" in res:
+        _print_by_group(res["by_group"])
     if fig_path:
         print(f"figure: {fig_path}")
     return 0
+
+
+def _print_by_group(bg: dict[str, Any]) -> None:
+    from .cli import _fmt, _table
+
+    opt = lambda x: "" if x is None else _fmt(x)  # noqa: E731
+    print()
+    print(_table([[r["model"], r["law"], _fmt(r["elpd_logo"]), opt(r["se"]), _fmt(r["elpd_diff"]), opt(r["dse"])]
+                  + [_fmt(r["per_group"][g]) for g in bg["groups"]]
+                  + [f"{r['max_r_hat']:.3f}", str(r["divergences"])] for r in bg["table"]],
+                 ["model", "law", "elpd_logo", "se", "elpd_diff", "dse", *bg["groups"], "max R-hat", "div."]))
+    print("(leave-one-group-out: each group's runs scored jointly by a refit without them, under the parameters "
+          "the model gives a group it has not seen; higher is better; one column per group left out)")
+    for r in bg["table"]:
+        if r["max_r_hat"] > 1.05 or r["divergences"]:
+            print(f"warning: {r['model']}: its refits have max R-hat {r['max_r_hat']:.3f} and {r['divergences']} "
+                  "divergences; their scores are rough", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,19 +365,29 @@ def report_budgets(C_obs: Any, *, extrapolate_decades: int = 2) -> list[float]:
     return [float(10.0**k) for k in range(lo, hi + 1)]
 
 
-def build_report(idata: Any, *, model_name: str = "model", progress: Any = None) -> str:
+def build_report(idata: Any, *, model_name: str = "model", progress: Any = None,
+                 budgets: list[float] | None = None) -> str:
     """One self-contained HTML page: data, laws and weights, parameters, diagnostics, allocation
     (rows beyond the runs marked) and figures; ``progress(name, i, n)``, if given, is called as
-    each figure starts (the figures are most of the time)."""
+    each figure starts (the figures are most of the time).
+
+    A grouped posterior as a whole (not one group's view) gets the population's parameters, how the
+    groups differ, one allocation row per group and one for a group with no runs, and the groups
+    figure (:mod:`bayescale.report_groups`). ``budgets`` are the allocation's (default: one per
+    decade of the runs and two beyond; for the groups, the largest such budget within two decades
+    of the largest run).
+    """
     import numpy as np
 
     from .cli import _flags, _fmt, _posterior_summary
     from .inference import diagnostics
     from .plots import _model_label, _observed, figure_jobs
     from .posterior import optimal
-    from .store import metadata
+    from .report_groups import GROUP_CSS, g3, interval
+    from .store import groups_of, metadata
 
     meta = metadata(idata)
+    groups = groups_of(idata)  # empty for an ungrouped posterior and for one group's view
     obs = _observed(idata)
     diag = diagnostics(idata)
     summ = _posterior_summary(idata)
@@ -351,7 +395,8 @@ def build_report(idata: Any, *, model_name: str = "model", progress: Any = None)
     parts = [
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        f"<title>bayescale report: {e(model_name)}</title><style>{REPORT_CSS}</style></head><body>",
+        f"<title>bayescale report: {e(model_name)}</title><style>{REPORT_CSS}{GROUP_CSS if groups else ''}</style>"
+        "</head><body>",
         f"<h1>bayescale report: <code>{e(model_name)}</code></h1>",
     ]
     # data
@@ -361,7 +406,11 @@ def build_report(idata: Any, *, model_name: str = "model", progress: Any = None)
     parts.append(_html_table(["", "value"], [
         ["source", str(meta.get("source"))],
         ["filter", str(meta.get("filter") or "none")],
-        ["runs", str(meta["n_obs"])],
+        # one group's view (report --group G) holds that group's runs: count those, and name the group
+        *([["group", str(meta["group"])]] if meta.get("group") else []),
+        ["runs", str(obs["N"].size)],
+        *([["groups", f"{len(groups)} ({', '.join(meta.get('group_columns') or ['group'])}): "
+            + ", ".join(groups[:12]) + (", ..." if len(groups) > 12 else "")]] if groups else []),
         ["N (non-embedding parameters)", rng(obs["N"])],
         ["D (training tokens)", rng(obs["D"])],
         ["C (FLOP)", rng(obs["C"])],
@@ -385,7 +434,9 @@ def build_report(idata: Any, *, model_name: str = "model", progress: Any = None)
              f"{sum(c['method'] == 'exact' for c in d['lfo'])} / {sum(c['method'] == 'psis' for c in d['lfo'])}"]
             for law, d in summ["laws"].items()]))
     # parameters
-    parts.append("<h2>Parameters</h2>")
+    parts.append("<h2>Population parameters</h2><p>A typical group: the location of the population the groups "
+                 "are drawn from (a group with no runs adds the spread between groups).</p>" if groups
+                 else "<h2>Parameters</h2>")
     blocks = ({law: d["params"] for law, d in summ["laws"].items()} if "laws" in summ
               else {meta["law"]: summ["params"]})
     priors = {law: v["priors"] for law, v in meta["laws"].items()} if "laws" in meta else {meta["law"]: meta["priors"]}
@@ -397,6 +448,10 @@ def build_report(idata: Any, *, model_name: str = "model", progress: Any = None)
             [[k, _fmt(v["mean"]), _fmt(v["sd"]), _fmt(v["q05"]), _fmt(v["q50"]), _fmt(v["q95"]),
               f"{v['r_hat']:.3f}", f"{v['ess_bulk']:.0f}"] for k, v in params.items()]))
         parts.append("<p>Priors: " + e(", ".join(f"{k} ~ {v}" for k, v in priors[law].items())) + "</p>")
+    if groups:
+        from .report_groups import population_section
+
+        parts += population_section(idata, summ)
     # diagnostics
     ok = not diag["warnings"]
     parts.append("<h2>Diagnostics</h2>")
@@ -409,32 +464,35 @@ def build_report(idata: Any, *, model_name: str = "model", progress: Any = None)
     if diag["warnings"]:
         parts.append("<ul>" + "".join(f"<li>{e(w)}</li>" for w in diag["warnings"]) + "</ul>")
     # allocation
-    alloc = optimal(idata, report_budgets(obs["C"]))
+    if groups:
+        from .report_groups import default_budget, groups_section
 
-    def g3(x: float) -> str:  # three significant digits, compact exponent: the table fits the page
-        return f"{x:.3g}".replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
-
-    def iv(s: dict) -> str:
-        return f"{g3(s['q50'])} [{g3(s['q05'])}, {g3(s['q95'])}]"
-
-    parts.append("<h2>Compute-optimal allocation</h2>")
-    parts.append(
-        "<p>Posterior median [90% interval]. Largest observed budget: "
-        f"{_fmt(float(obs['C'].max()))} FLOP. Rows marked <span class='check'>beyond the runs</span> are "
-        "extrapolations: the budget exceeds the largest run's, or N* or D* falls outside the runs' range.</p>"
-    )
-    rows = []
-    for r in alloc:
-        x = r["extrapolation"]
-        mark = " ⚠" if x["extrapolating"] else ""
-        rows.append([g3(r["compute"]) + mark, iv(r["N_opt"]), iv(r["D_opt"]), iv(r["loss"]),
-                     iv(r["tokens_per_param"]), _flags(x, short=True)])
-    parts.append(_html_table(["C (FLOP)", "N*", "D*", "loss*", "tokens/param", "beyond?"], rows,
-                             row_class=["check" if r["extrapolation"]["extrapolating"] else "" for r in alloc],
-                             notes=(5,)))
+        parts += groups_section(idata, budgets or [default_budget(obs["C"])])
+    else:
+        alloc = optimal(idata, budgets or report_budgets(obs["C"]))
+        parts.append("<h2>Compute-optimal allocation</h2>")
+        parts.append(
+            "<p>Posterior median [90% interval]. Largest observed budget: "
+            f"{_fmt(float(obs['C'].max()))} FLOP. Rows marked <span class='check'>beyond the runs</span> are "
+            "extrapolations: the budget exceeds the largest run's, or N* or D* falls outside the runs' range.</p>"
+        )
+        rows = []
+        for r in alloc:
+            x = r["extrapolation"]
+            mark = " ⚠" if x["extrapolating"] else ""
+            rows.append([g3(r["compute"]) + mark, interval(r["N_opt"]), interval(r["D_opt"]), interval(r["loss"]),
+                         interval(r["tokens_per_param"]), _flags(x, short=True)])
+        parts.append(_html_table(["C (FLOP)", "N*", "D*", "loss*", "tokens/param", "beyond?"], rows,
+                                 row_class=["check" if r["extrapolation"]["extrapolating"] else "" for r in alloc],
+                                 notes=(5,)))
     # figures
     parts.append("<h2>Figures</h2>")
-    jobs = figure_jobs(idata)
+    if groups:  # the groups side by side, as `bayescale plot` draws them; `report --group G` has one group's figures
+        from .plots import plot_groups
+
+        jobs = [("groups", lambda: plot_groups(idata))]
+    else:
+        jobs = figure_jobs(idata)
     for i, (name, make) in enumerate(jobs, 1):
         if progress is not None:
             progress(name, i, len(jobs))
@@ -448,18 +506,22 @@ def build_report(idata: Any, *, model_name: str = "model", progress: Any = None)
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .cli import _group_views, _usable
-    from .store import load_posterior
+    from .store import groups_of, load_posterior
 
     idata = load_posterior(args.model)
     _usable(idata, args)
-    [(_, idata)] = _group_views(idata, args, all_groups=False)
+    groups = groups_of(idata) if args.group is None else []  # without --group: every group, and a new one
+    if not groups:
+        [(_, idata)] = _group_views(idata, args, all_groups=False)
     out = _out_dir(args.out)
-    _log(args, f"writing the report of {args.model} (tables, then each figure) ...")
-    page = build_report(idata, model_name=Path(args.model).name, progress=_progress(args))
+    what = f"{len(groups)} groups and a new one, " if groups else ""
+    _log(args, f"writing the report of {args.model} ({what}tables, then each figure) ...")
+    page = build_report(idata, model_name=Path(args.model).name, progress=_progress(args), budgets=args.compute)
     path = out / (Path(args.model).stem + "-report.html")
     path.write_text(page, encoding="utf-8")
     if args.json:
-        _emit({"model": args.model, "report": str(path), "bytes": len(page.encode())})
+        _emit({"model": args.model, "report": str(path), "bytes": len(page.encode()),
+               **({"groups": groups} if groups else {})})
     else:
         print(path)
     return 0
@@ -496,14 +558,24 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="posteriors of the same runs (an averaged one enters as its laws)")
     c.add_argument("--out", metavar="DIR", help="also write an overlay figure compare.FORMAT here (default: no figure)")
     c.add_argument("--format", choices=["png", "svg", "pdf"], default="png", help=fmt_help)
+    c.add_argument("--by-group", action="store_true",
+                   help="also rank by leave-one-group-out: refit without each group and score its runs as a new "
+                   "group's (needs a grouped posterior; one refit per law and group, minutes)")
     c.add_argument("-q", "--quiet", **quiet)
     c.add_argument("--json", action="store_true", help="print one JSON object on stdout (the table); no progress")
     c.set_defaults(func=cmd_compare)
 
+    from .cli import _positive_float
+
     r = sub.add_parser("report", help="one self-contained HTML report of a posterior")
     r.add_argument("model", metavar="MODEL.nc", help="a posterior written by `bayescale fit`")
     r.add_argument("--out", metavar="DIR", required=True, help="directory for MODEL-report.html (required)")
-    r.add_argument("--group", metavar="NAME", help=group_help)
+    r.add_argument("--group", metavar="NAME", help=group_help + "; without it a grouped posterior's report has the "
+                   "population, one row per group and one for a new group, and the groups figure")
+    r.add_argument("--compute", type=_positive_float, nargs="+", metavar="C",
+                   help="budget(s) in FLOP of the allocation table (default: one per decade from the smallest run "
+                        "to two decades past the largest; for a grouped posterior's table of groups, the largest power "
+                        "of ten at most 100x the largest run's)")
     add_allow_unconverged(r)
     r.add_argument("-q", "--quiet", **quiet)
     r.add_argument("--json", action="store_true", help="print one JSON object on stdout (the report's path); "
