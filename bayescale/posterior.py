@@ -231,16 +231,49 @@ def predict_draws(
     return _predict_draws(mixture(idata), N, D, None if C is None else _positive_array(C, "C"), noise, seed)
 
 
-def _predict_draws(mix: Mixture, N: np.ndarray, D: np.ndarray, C: np.ndarray | None, noise: bool,
-                   seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
+def _log_mean_and_scale(mix: Mixture, N: np.ndarray, D: np.ndarray, C: np.ndarray | None, noise: bool
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Every mixture draw's log-mean loss at each point and the scale of its error there, both
+    ``(draws, points)``: the discrepancy at the point's distance beyond the runs, and with
+    ``noise`` the observation noise too (they combine into one Student-t, or Gaussian, of scale
+    ``sqrt(sigma^2 + scale^2)``)."""
     mu = np.concatenate([np.log(np.asarray(loss(law, broadcast_draws(_law_params(view, law, idx)), N[None, :],
                                                 D[None, :]))) for law, view, idx in mix.parts])
     scale = _discrepancy_scale(mix, extrapolation_distance(N, D, mix.data, C))
-    if noise:  # noise and discrepancy combine into one Student-t (or Gaussian) of scale sqrt(sigma^2 + scale^2)
+    if noise:
         sigma = np.concatenate([param_draws(view, ["sigma"])["sigma"][idx] for _, view, idx in mix.parts])
         scale = np.sqrt(sigma[:, None] ** 2 + scale**2)
+    return mu, scale
+
+
+def _predict_draws(mix: Mixture, N: np.ndarray, D: np.ndarray, C: np.ndarray | None, noise: bool,
+                   seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mu, scale = _log_mean_and_scale(mix, N, D, C, noise)
     return np.exp(mu + noise_draws(scale, rng, likelihood=mix.likelihood, nu=mix.nu))
+
+
+def log_predictive_density(idata: Posterior, N: Any, D: Any, loss_: Any, *, C: Any = None) -> np.ndarray:
+    """Each observed loss's log predictive density (of its log loss) under the posterior: the
+    mixture of laws with the model discrepancy at the run's distance beyond the fitted runs, and
+    the observation noise, averaged over draws exactly (no sampling of the noise).
+
+    The proper score of a prediction at runs the fit did not see: summed over held-out runs it
+    is what stacking maximises and what a calibration study should rank methods by beside
+    coverage (a median can be close while the interval around it is wrong, and vice versa).
+    """
+    from scipy.special import logsumexp
+
+    from .averaging import noise_logpdf
+
+    N, D = _paired(N, D)
+    y = np.log(_positive_array(loss_, "loss"))
+    if y.shape != N.shape:
+        raise InputError(f"{y.size} losses for {N.size} (N, D) points", field="loss")
+    mix = mixture(idata)
+    mu, scale = _log_mean_and_scale(mix, N, D, None if C is None else _positive_array(C, "C"), True)
+    lp = noise_logpdf(y[None, :], mu, scale, mix.likelihood, mix.nu)
+    return logsumexp(lp, axis=0) - np.log(lp.shape[0])
 
 
 def predict(

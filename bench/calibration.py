@@ -26,8 +26,10 @@ Methods, each scored on every held-out run:
   bootstrap (``--resamples``) for the law, plus the full fit's residuals resampled as noise.
 
 Scores per table (pooled over its sets) and over all held-out runs: median relative error of the
-predictive median, the share of held-out losses inside the 50% and 90% central intervals, and the
-mean 90% width relative to the median. The acceptance rules of issue 8 are checked and printed.
+predictive median, the share of held-out losses inside the 50% and 90% central intervals, the
+mean 90% width relative to the median, and the mean log predictive density of the held-out log
+losses (``lpd/run``, the proper score: higher is better; the Huber baseline's with its residuals
+smoothed by a Gaussian kernel). The acceptance rules of issue 8 are checked and printed.
 Exit status 0 when everything ran, whatever the verdicts.
 """
 
@@ -74,15 +76,19 @@ def splits(data: Path, table: str) -> dict[str, tuple[pd.DataFrame, pd.DataFrame
     raise ValueError(f"unknown table {table!r}")
 
 
-def scores(draws: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
-    """Per held-out run: relative error of the median, inside the 50% / 90% interval, 90% width."""
+def scores(draws: np.ndarray, y: np.ndarray, lpd: np.ndarray) -> dict[str, np.ndarray]:
+    """Per held-out run: relative error of the median, inside the 50% / 90% interval, 90% width,
+    and the log predictive density ``lpd`` of its log loss (given)."""
     q = np.quantile(draws, [0.05, 0.25, 0.5, 0.75, 0.95], axis=0)
     return {"err": np.abs(q[2] / y - 1) * 100, "in50": (y >= q[1]) & (y <= q[3]),
-            "in90": (y >= q[0]) & (y <= q[4]), "width": (q[4] - q[0]) / q[2] * 100}
+            "in90": (y >= q[0]) & (y <= q[4]), "width": (q[4] - q[0]) / q[2] * 100, "lpd": np.asarray(lpd, float)}
 
 
-def huber_draws(fit: pd.DataFrame, test: pd.DataFrame, resamples: int, seed: int = 0) -> np.ndarray:
-    """Predictive draws of the classical fit: bootstrap laws plus resampled full-fit residuals."""
+def huber_draws(fit: pd.DataFrame, test: pd.DataFrame, resamples: int, seed: int = 0
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Predictive draws of the classical fit (bootstrap laws plus resampled full-fit residuals),
+    and the held-out runs' log predictive density under it, the residuals smoothed by a Gaussian
+    kernel of Silverman's bandwidth (the resampled residuals alone have no density)."""
     from bayescale.baselines import bootstrap, huber_fit
 
     N, D, y = (fit[c].to_numpy(float) for c in ("N", "D", "loss"))
@@ -94,12 +100,18 @@ def huber_draws(fit: pd.DataFrame, test: pd.DataFrame, resamples: int, seed: int
     mu = np.log(col["E"] + col["A"] / Nt ** col["alpha"] + col["B"] / Dt ** col["beta"])
     ok = np.all(np.isfinite(mu), axis=1)
     rng = np.random.default_rng(seed)
-    return np.exp(mu[ok] + rng.choice(resid, size=mu[ok].shape))
+    from scipy.special import logsumexp
+
+    h = 1.06 * np.std(resid, ddof=1) * resid.size ** -0.2
+    z = (np.log(test.loss.to_numpy(float))[None, :, None] - mu[ok][:, :, None] - resid[None, None, :]) / h
+    lk = -0.5 * z**2 - np.log(h) - 0.5 * np.log(2 * np.pi)
+    lpd = logsumexp(lk, axis=(0, 2)) - np.log(lk.shape[0] * lk.shape[2])
+    return np.exp(mu[ok] + rng.choice(resid, size=mu[ok].shape)), lpd
 
 
 def run(data: Path, tables: list[str], resamples: int, seed: int) -> dict[str, Any]:
     import bayescale as bs
-    from bayescale.posterior import predict_draws
+    from bayescale.posterior import log_predictive_density, predict_draws
     from bayescale.store import law_view, laws_of, weights_of
 
     per_set: dict[str, dict[str, dict[str, np.ndarray]]] = {}
@@ -112,10 +124,13 @@ def run(data: Path, tables: list[str], resamples: int, seed: int) -> dict[str, A
             seconds = time.perf_counter() - t0
             y = test.loss.to_numpy(float)
             N, D, C = (test[c].to_numpy(float) for c in ("N", "D", "C"))
-            res = {"default": scores(predict_draws(idata, N, D, C=C, seed=seed), y)}
+            res = {"default": scores(predict_draws(idata, N, D, C=C, seed=seed), y,
+                                     log_predictive_density(idata, N, D, y, C=C))}
             for law in laws_of(idata):
-                res[law] = scores(predict_draws(law_view(idata, law), N, D, seed=seed), y)
-            res["huber"] = scores(huber_draws(fit, test, resamples, seed), y)
+                view = law_view(idata, law)
+                res[law] = scores(predict_draws(view, N, D, seed=seed), y, log_predictive_density(view, N, D, y))
+            hd, hl = huber_draws(fit, test, resamples, seed)
+            res["huber"] = scores(hd, y, hl)
             per_set[name] = res
             diag = bs.diagnostics(idata)
             meta = bs.store.metadata(idata)
@@ -139,10 +154,10 @@ def pool(per_set: dict[str, dict[str, dict[str, np.ndarray]]], names: list[str])
     methods = per_set[names[0]].keys()
     out = {}
     for m in methods:
-        cat = {k: np.concatenate([per_set[n][m][k] for n in names]) for k in ("err", "in50", "in90", "width")}
+        cat = {k: np.concatenate([per_set[n][m][k] for n in names]) for k in ("err", "in50", "in90", "width", "lpd")}
         out[m] = {"median_error_pct": float(np.median(cat["err"])), "cover50": float(np.mean(cat["in50"])),
                   "cover90": float(np.mean(cat["in90"])), "width90_pct": float(np.mean(cat["width"])),
-                  "n": int(cat["err"].size)}
+                  "lpd_mean": float(np.mean(cat["lpd"])), "n": int(cat["err"].size)}
     return out
 
 
@@ -190,16 +205,17 @@ def main(argv: list[str] | None = None) -> int:
     tables = {t: pool(res["sets"], names) for t, names in groups.items()}
     per_set = {n: pool(res["sets"], [n]) for n in res["sets"]}
     pooled = pool(res["sets"], list(res["sets"]))
-    print(f"{'table':12s} {'method':11s} {'n':>4s} {'med.err%':>9s} {'cover50':>8s} {'cover90':>8s} {'width90%':>9s}")
+    print(f"{'table':12s} {'method':11s} {'n':>4s} {'med.err%':>9s} {'cover50':>8s} {'cover90':>8s} {'width90%':>9s} "
+          f"{'lpd/run':>8s}")
     for label, block in [*tables.items(), ("ALL", pooled)]:
         for m, v in block.items():
             print(f"{label:12s} {m:11s} {v['n']:4d} {v['median_error_pct']:9.2f} {v['cover50']:8.2f} "
-                  f"{v['cover90']:8.2f} {v['width90_pct']:9.2f}")
+                  f"{v['cover90']:8.2f} {v['width90_pct']:9.2f} {v['lpd_mean']:8.3f}")
     print("\nper set (default):")
     for n, block in per_set.items():
         v = block["default"]
         print(f"  {n:20s} n={v['n']:3d} err {v['median_error_pct']:.2f}% cover50 {v['cover50']:.2f} "
-              f"cover90 {v['cover90']:.2f} width90 {v['width90_pct']:.2f}%")
+              f"cover90 {v['cover90']:.2f} width90 {v['width90_pct']:.2f}% lpd/run {v['lpd_mean']:.3f}")
     print("\nacceptance (issue 8):")
     vs = verdicts(tables, pooled)
     for v in vs:

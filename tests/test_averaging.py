@@ -199,3 +199,26 @@ def test_forward_validation_refits_and_psis(small_family):
                 assert r["pareto_k"] <= av.PARETO_K_MAX
             elif r["pareto_k"] is not None:
                 assert r["pareto_k"] > av.PARETO_K_MAX  # PSIS was tried and refused
+
+
+@pytest.mark.slow
+def test_log_predictive_density_is_a_density_centred_on_the_predictions(small_family):
+    """Beyond the runs, the averaged posterior's predictive density of log loss integrates to 1,
+    peaks where the predictive draws' median lies, and scores a loss at that median far above one
+    10% off (the density the calibration bench ranks methods by)."""
+    from bayescale.posterior import log_predictive_density, predict_draws
+
+    idata, runs = small_family
+    N, D = np.array([4e10, 1e9]), np.array([2e12, 5e10])  # one far beyond the runs, one inside
+    med = np.median(predict_draws(idata, N, D, seed=0), axis=0)
+    grid = np.log(med)[None, :] + np.linspace(-0.3, 0.3, 3001)[:, None]
+    dens = np.exp(np.stack([log_predictive_density(idata, N, D, np.exp(g)) for g in grid]))  # (grid, 2)
+    mass = np.sum(0.5 * (dens[1:] + dens[:-1]) * np.diff(grid, axis=0), axis=0)  # trapezoid rule
+    np.testing.assert_allclose(mass, 1.0, atol=0.01)
+    cdf = np.cumsum(dens, axis=0) / dens.sum(axis=0)
+    median_from_density = np.exp(grid[np.argmax(cdf >= 0.5, axis=0), [0, 1]])
+    np.testing.assert_allclose(median_from_density, med, rtol=0.002)
+    at, off = log_predictive_density(idata, N, D, med), log_predictive_density(idata, N, D, med * 1.1)
+    assert np.all(at > off + 1.0)
+    with pytest.raises(bs.InputError, match="2 losses for 1"):
+        log_predictive_density(idata, N[:1], D[:1], med)
