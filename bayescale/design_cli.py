@@ -214,12 +214,14 @@ def plot_design(dr: Any, ranking: Any, sel_N: list[float], sel_D: list[float], o
     ax.set_ylim(ylo, yhi)
     ax.set_xlabel("N (non-embedding parameters)")
     ax.set_ylabel("D (training tokens)")
-    what = {"params": "all parameters", "loss_at": "loss at the target rows"}.get(objective, objective)
+    what = {"params": "all parameters", "loss_at": "loss at the target rows", "n_opt": "N*", "d_opt": "D*",
+            "loss_opt": "the optimal loss"}.get(objective, objective)
     title = f"Expected information per FLOP about {what}"
     if target_compute is not None:
         title += f" at C = {target_compute:.3g}"
     ax.set_title(title + "\n(dashed: isoFLOP lines, 6ND = C)", fontsize=10)
-    ax.legend(fontsize=8, loc="upper left")
+    # below the axes: inside, it hid the candidates and chosen runs in whichever corner it took
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=2, frameon=False)
     return fig
 
 

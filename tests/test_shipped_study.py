@@ -61,3 +61,24 @@ def test_readme_main_job_on_the_study(tmp_path, capsys):
         assert x["extrapolating"] and x["compute_ratio"] == pytest.approx(r["compute"] / c_max)
         assert x["beyond_corpus"] == (r["D_opt"]["q50"] > 4080451)  # the runs record their 4.08M-token corpus
     assert rows[-1]["extrapolation"]["beyond_corpus"]
+
+
+def test_the_study_extended_by_its_own_loop():
+    """runs-loop/ is the study plus the runs `bayescale loop` chose for N*(3e12) (issue 10): every
+    run of runs/ unchanged, and every added run one the loop's record says it chose, trained to
+    the (N, D) of its ladder entry."""
+    from bayescale.loop import Ladder
+
+    base = bs.load_runs(str(RUNS)).set_index("run_id")
+    ext = bs.load_runs(str(ROOT / "runs-loop")).set_index("run_id")
+    rec = json.loads((ROOT / "runs-loop" / "loop.json").read_text())
+    chosen = [r for batch in rec["batches"] for r in batch]
+    assert set(base.index) <= set(ext.index) and set(ext.index) - set(base.index) == set(chosen)
+    assert len(chosen) == 63 and set(ext["status"]) == {"completed"}
+    np.testing.assert_array_equal(ext.loc[base.index, "loss"].to_numpy(), base["loss"].to_numpy())
+    assert rec["settings"]["target_compute"] == 3e12 and rec["settings"]["objective"] == "n_opt"
+    spent = float((6 * ext.loc[chosen, "N"] * ext.loc[chosen, "D"]).sum())
+    assert 0.9 * 2e13 < spent <= 2e13 * 1.001  # the --budget, all but the last run's change spent
+    ladder = {e["run_id"]: e for e in Ladder.from_plan(RUNS / "plan.toml").entries()}
+    for rid in chosen:
+        assert ext.loc[rid, "N"] == ladder[rid]["N"] and ext.loc[rid, "D"] == ladder[rid]["D"], rid
