@@ -227,7 +227,7 @@ def plot_design(dr: Any, ranking: Any, sel_N: list[float], sel_D: list[float], o
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``design`` on the ``bayescale`` subparsers."""
-    from .cli import _positive_float, _positive_int, add_allow_unconverged
+    from .cli import _positive_float, _positive_int, add_allow_unconverged, add_quiet
     from .design import MAX_DRAWS, OBJECTIVES
 
     d = sub.add_parser("design", help="which runs to train next: expected information gain per FLOP")
@@ -265,4 +265,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--no-figure", action="store_true", help="skip the figure")
     add_allow_unconverged(d)
     d.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_quiet(d)
     d.set_defaults(func=cmd_design)

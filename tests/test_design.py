@@ -249,3 +249,12 @@ def test_averaged_posterior_values_runs_beyond_the_data(tmp_path_factory):
     r = dz.rank(dr, N, D, bounds=0)
     assert r.full[-1] > 1.5 * r.full[0]
     assert np.all(np.diff(r.full[1:]) > 0)  # the farther beyond, the more the laws disagree
+
+
+@pytest.mark.slow
+def test_design_quiet_keeps_stderr_empty_and_the_table(small_fit, capsys):
+    base = ["design", small_fit, "--target-compute", "5.88e23", "--top", "3", "--points", "12", "--no-figure"]
+    code, out, err = run_cli(base, capsys)
+    assert code == 0 and "design:" in err and "EIG" in out
+    code, out_q, err_q = run_cli([*base, "-q"], capsys)
+    assert code == 0 and err_q == "" and out_q == out
