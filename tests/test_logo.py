@@ -78,12 +78,14 @@ def test_logo_ranks_pooling_and_matches_a_direct_refit(grouped, tmp_path, capsys
     assert {r["model"] for r in obj["table"]} == {"pooled", "one", "separate"}
 
 
+@pytest.mark.slow
 def test_by_group_needs_groups(chinchilla_fit):
     idata, _ = chinchilla_fit
     with pytest.raises(InputError, match="--by-group needs groups"):
         group_labels({"a": idata, "b": idata})
 
 
+@pytest.mark.slow
 def test_by_group_refuses_an_ungrouped_pair_through_the_cli(chinchilla_fit, tmp_path, capsys):
     _, path = chinchilla_fit
     b = tmp_path / "b.nc"
@@ -93,6 +95,7 @@ def test_by_group_refuses_an_ungrouped_pair_through_the_cli(chinchilla_fit, tmp_
     assert "--by-group needs groups" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_logo_takes_one_law(grouped):
     from bayescale.store import load_posterior
 
