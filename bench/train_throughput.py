@@ -1,29 +1,35 @@
 """Trainer throughput vs the device's own matmul ceiling, measured in the same process.
 
     python bench/train_throughput.py [--device auto|cpu|cuda] [--threads T] [--steps S]
+                                     [--compile] [--sizes 12x768x12,...] [--batch B] [--micro-batch M]
 
-For three model sizes it times full training steps (forward, backward, clip, AdamW) on random
-tokens and reports tokens/s and achieved FLOP/s, counting FLOPs per token both as 6N and with
-attention and the output projection (Kaplan et al. 2020, Table 1; see
-bayescale.train.model.flops_per_token). The ceiling is a large square matmul: fp32 on CPU,
-bf16 on CUDA. The ratio achieved / ceiling is the model FLOP utilisation (MFU).
+For each model size it times the trainer's own optimizer step (``trainer.optimizer_step``:
+forward under bf16 autocast on CUDA, backward, clip, fused AdamW on CUDA) on random tokens and
+reports tokens/s and achieved FLOP/s, counting FLOPs per token both as 6N and with attention
+and the output projection (Kaplan et al. 2020, Table 1; see bayescale.train.model.flops_per_token).
+The ceiling is a large square matmul measured in the same process: fp32 on CPU, bf16 on CUDA.
+The ratio achieved / ceiling is the model FLOP utilisation (MFU); on a known GPU it is also given
+against the datasheet peak (``trainer.PEAK_BF16``), the usual definition. With ``--compile`` each
+size is timed eager and under ``torch.compile``, and the speed-up is printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import torch
 
 from bayescale.train.model import ModelConfig, Transformer, flops_per_token, non_embedding_params
+from bayescale.train.trainer import optimizer_step, peak_flops
 
 SIZES = [  # (n_layer, d_model, n_head): CPU sizes up to the largest shipped in runs/
     (2, 64, 2),
     (4, 128, 4),
     (5, 160, 5),
 ]
-GPU_SIZES = [(6, 512, 8), (12, 768, 12), (12, 768, 12)]  # the last is GPT-2 small (124M)
+GPU_SIZES = [(6, 512, 8), (12, 768, 12)]  # the last is GPT-2 small (85M non-embedding, 124M total)
 
 
 def sync(device: torch.device) -> None:
@@ -50,28 +56,28 @@ def matmul_flops(device: torch.device, n: int = 2048, reps: int = 10) -> float:
     return best
 
 
-def train_tokens_per_s(cfg: ModelConfig, device: torch.device, batch: int, steps: int) -> float:
+def train_tokens_per_s(cfg: ModelConfig, device: torch.device, batch: int, steps: int,
+                       *, compile: bool = False, micro_batch: int = 0) -> float:
     torch.manual_seed(0)
     model = Transformer(cfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=device.type == "cuda")
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.95), fused=device.type == "cuda")
+    run = torch.compile(model) if compile else model
     x = torch.randint(0, cfg.vocab_size, (batch, cfg.context + 1), device=device)
 
-    def step() -> None:
-        ctx = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-               else torch.autocast("cpu", enabled=False))
-        with ctx:
-            _, loss = model(x[:, :-1], x[:, 1:])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+    def autocast():
+        return (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else contextlib.nullcontext())
 
-    for _ in range(3):
+    def step() -> float:
+        return float(optimizer_step(run, params, opt, x, micro_batch=micro_batch, autocast=autocast))
+
+    for _ in range(3):  # warm-up (and compilation)
         step()
     sync(device)
     t = time.perf_counter()
     for _ in range(steps):
-        step()
+        step()  # reads the loss back once per step, as the trainer does
     sync(device)
     return batch * cfg.context * steps / (time.perf_counter() - t)
 
@@ -81,34 +87,55 @@ def main() -> None:
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=0, help="sequences per step (0: 64 on CPU, 16 on CUDA)")
+    ap.add_argument("--micro-batch", type=int, default=0, help="sequences per forward/backward pass")
+    ap.add_argument("--compile", action="store_true", help="also time each size under torch.compile")
+    ap.add_argument("--sizes", default="", help="comma-separated LxDxH shapes (default: by device)")
+    ap.add_argument("--context", type=int, default=0, help="tokens per sequence (0: 64 CPU, 1024 CUDA)")
+    ap.add_argument("--vocab", type=int, default=0, help="vocabulary (0: 512 CPU, 50304 CUDA)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if cuda else "cpu")
-    sizes = GPU_SIZES if cuda else SIZES
-    ctx, vocab = (1024, 50304) if cuda else (64, 512)
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True  # as the trainer sets it
+    sizes = ([tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")] if args.sizes
+             else GPU_SIZES if cuda else SIZES)
+    ctx = args.context or (1024 if cuda else 64)
+    vocab = args.vocab or (50304 if cuda else 512)
+    batch = args.batch or (16 if cuda else 64)
     peak = matmul_flops(device)
     rows = []
     for n_layer, d, h in sizes:
         cfg = ModelConfig(n_layer=n_layer, d_model=d, n_head=h, context=ctx, vocab_size=vocab)
-        tps = max(train_tokens_per_s(cfg, device, args.batch if not cuda else 16, args.steps)
-                  for _ in range(2))
+        for comp in ([False, True] if args.compile else [False]):
+            tps = max(train_tokens_per_s(cfg, device, batch, args.steps, compile=comp,
+                                         micro_batch=args.micro_batch) for _ in range(2))
+            rows.append((cfg, comp, tps))
         peak = max(peak, matmul_flops(device))  # re-measured beside each size, best kept
-        rows.append((cfg, tps))
-    batch = args.batch if not cuda else 16
-    print(f"device {device.type}, threads {torch.get_num_threads()}, torch {torch.__version__}, "
-          f"batch {batch} x {ctx} tokens, vocab {vocab}")
-    print(f"matmul ceiling ({'bf16' if cuda else 'fp32'}, best trial): {peak / 1e9:,.1f} GFLOP/s")
-    print(f"{'shape':>16} {'N':>10} {'tok/s':>10} {'GFLOP/s 6N':>11} {'GFLOP/s full':>13} "
-          f"{'MFU 6N':>7} {'MFU full':>9}")
-    for cfg, tps in rows:
+    sheet = peak_flops(device)
+    print(f"device {torch.cuda.get_device_name(device) if cuda else 'cpu'}, threads "
+          f"{torch.get_num_threads()}, torch {torch.__version__}, batch {batch} x {ctx} tokens "
+          f"(micro-batch {args.micro_batch or batch}), vocab {vocab}")
+    print(f"matmul ceiling ({'bf16' if cuda else 'fp32'}, best trial): {peak / 1e9:,.1f} GFLOP/s"
+          + (f"; datasheet peak {sheet / 1e12:,.1f} TFLOP/s" if sheet else ""))
+    print(f"{'shape':>16} {'mode':>8} {'N':>11} {'tok/s':>11} {'GFLOP/s full':>13} "
+          f"{'MFU 6N':>7} {'MFU full':>9}" + (f" {'MFU sheet':>10}" if sheet else ""))
+    eager = {}
+    for cfg, comp, tps in rows:
         f = flops_per_token(cfg)
         a6, af = tps * f["6N"], tps * f["full"]
         shape = f"l{cfg.n_layer}-d{cfg.d_model}-c{cfg.context}"
-        print(f"{shape:>16} {non_embedding_params(cfg):>10,} {tps:>10,.0f} "
-              f"{a6 / 1e9:>11.2f} {af / 1e9:>13.2f} {a6 / peak:>7.1%} {af / peak:>9.1%}")
+        line = (f"{shape:>16} {'compiled' if comp else 'eager':>8} {non_embedding_params(cfg):>11,} "
+                f"{tps:>11,.0f} {af / 1e9:>13.2f} {a6 / peak:>7.1%} {af / peak:>9.1%}")
+        if sheet:
+            line += f" {af / sheet:>10.1%}"
+        if comp and shape in eager:
+            line += f"   compiled/eager {tps / eager[shape]:.2f}x"
+        eager.setdefault(shape, tps)
+        print(line)
+
 
 if __name__ == "__main__":
     main()

@@ -30,6 +30,9 @@ def add_commands(sub) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--tokens", type=float, default=2e5, help="token budget D: training tokens of the run")
     g.add_argument("--batch-size", type=int, default=0, help="sequences per step (0: rule)")
+    g.add_argument("--micro-batch", type=int, default=0,
+                   help="sequences per forward/backward pass; gradients are accumulated over the batch "
+                        "(0: the whole batch at once)")
     g.add_argument("--lr", type=float, default=0.0, help="peak learning rate (0: rule)")
     g.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the data order")
     g.add_argument("--eval-tokens", type=int, default=32768, help="held-out tokens per evaluation")
@@ -96,7 +99,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         t = TrainConfig(tokens=int(args.tokens), batch_size=args.batch_size, lr=args.lr,
                         seed=args.seed, eval_tokens=args.eval_tokens, eval_every=args.eval_every,
                         ckpt_seconds=args.ckpt_seconds, ckpt_steps=args.ckpt_steps,
-                        device=args.device, compile=args.compile, threads=args.threads)
+                        device=args.device, compile=args.compile, threads=args.threads,
+                        micro_batch=args.micro_batch)
     except ValueError as e:
         if isinstance(e, InputError):
             raise

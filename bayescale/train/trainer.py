@@ -14,6 +14,13 @@ Rules across sizes (used when ``batch_size`` / ``lr`` are left at 0):
 - warm-up over 5% of the steps (at least 1), then cosine decay to 10% of the peak at the last
   step: the schedule length is the run's own token budget, so its final loss is valid.
 
+Gradient accumulation: ``micro_batch`` splits each rank's share of a step into forward/backward
+passes of that many sequences, with the gradients summed before the one optimizer step. The step
+is the same mathematically (the mean loss over the batch), so a run may resume with another
+``micro_batch``; only the order of floating-point sums changes. At GPT-2 scale the rule's 512
+sequences of 1024 tokens hold about 200 GB of activations and logits, far beyond one GPU: there
+``micro_batch`` is what makes the rule usable.
+
 Data order: the training split is cut into disjoint ``context + 1`` windows, shuffled once by
 ``seed``; step ``i`` takes the next ``batch_size`` windows. No run sees a training token twice,
 and the batch at any step is a function of (seed, step) alone, so a resumed run is exact.
@@ -81,6 +88,7 @@ class TrainConfig:
     ckpt_steps: int = 0  # also checkpoint every this many steps (0: off; used by tests)
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False  # torch.compile the model (CUDA)
+    micro_batch: int = 0  # sequences per forward/backward pass on each rank; 0: the whole batch
     threads: int = 0  # CPU threads for torch; 0: leave torch's default (bitwise results need the same count)
 
 
@@ -217,6 +225,78 @@ def _run_lock(run_dir: Path) -> Any:
             run_dir.rmdir()
 
 
+def optimizer_step(train_model: torch.nn.Module, params: list[torch.Tensor], opt: torch.optim.Optimizer,
+                   xy: torch.Tensor, *, micro_batch: int = 0, grad_clip: float = 1.0,
+                   autocast=contextlib.nullcontext) -> torch.Tensor:
+    """One optimizer step on ``xy`` (``B x (T+1)`` token ids), in micro-batches of ``micro_batch``.
+
+    Returns the batch's mean training loss as a 0-d tensor on the device (no host sync here).
+    Each micro-batch's loss is weighted by its share of the batch, so the summed gradient is the
+    gradient of the batch mean whatever the split; under DDP, gradients are all-reduced on the
+    last micro-batch only.
+    """
+    b = xy.shape[0]
+    m = micro_batch if 0 < micro_batch < b else b
+    chunks = xy.split(m)
+    total = torch.zeros((), device=xy.device, dtype=torch.float32)
+    opt.zero_grad(set_to_none=True)
+    for i, c in enumerate(chunks):
+        last = i == len(chunks) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(train_model, "no_sync") else train_model.no_sync()
+        with sync:
+            with autocast():
+                _, loss = train_model(c[:, :-1], c[:, 1:])
+            w = c.shape[0] / b
+            (loss * w).backward()
+        total += loss.detach().float() * w
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    return total
+
+
+#: Dense bf16 tensor-core peak FLOP/s by the vendors' datasheets (no sparsity), for MFU; the
+#: SXM parts unless the name says otherwise.
+PEAK_BF16 = {"H100": 989.4e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H200": 989.4e12,
+             "GH200": 989.4e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
+
+
+def peak_flops_for(name: str) -> float | None:
+    """The dense bf16 peak of a GPU named ``name`` (as CUDA reports it), or None if unknown."""
+    padded = f" {name} ".replace("-", " ")
+    for key in sorted(PEAK_BF16, key=len, reverse=True):  # the most specific name first
+        if f" {key} " in padded:
+            return PEAK_BF16[key]
+    return None
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The device's dense bf16 peak (:func:`peak_flops_for`); None on CPUs and unknown GPUs."""
+    if device.type != "cuda":
+        return None
+    return peak_flops_for(torch.cuda.get_device_name(device))
+
+
+def throughput(intervals: list[tuple[int, float]], fpt: dict[str, float],
+               device: torch.device) -> dict[str, Any]:
+    """Training throughput of a run, evaluation excluded, with model FLOP utilisation on GPUs.
+
+    The first logged interval holds compilation and warm-up; with two or more it is left out, so
+    the figure is the steady rate. MFU counts ``C_full`` FLOPs per token (attention and the
+    output projection included; :func:`flops_per_token`) against the datasheet peak.
+    """
+    steady = intervals[1:] if len(intervals) > 1 else intervals
+    tok, sec = sum(t for t, _ in steady), sum(s for _, s in steady)
+    tps = tok / max(sec, 1e-9)
+    out: dict[str, Any] = {"tokens_per_second": round(tps, 1), "tokens_timed": int(tok),
+                           "first_interval_left_out": len(intervals) > 1,
+                           "model_flops_per_second": tps * fpt["full"]}
+    peak = peak_flops(device)
+    if peak:
+        out["peak_flops"] = peak
+        out["mfu"] = round(tps * fpt["full"] / peak, 4)
+    return out
+
+
 def train_run(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -262,6 +342,9 @@ def _train_run(
     if B % world:
         raise InputError(f"batch size {B} is not divisible by WORLD_SIZE={world}",
                          field="batch_size")
+    if train_cfg.micro_batch < 0:
+        raise InputError(f"expected a micro-batch of 0 (the whole batch) or more sequences, got "
+                         f"{train_cfg.micro_batch}", field="micro_batch")
     lr_peak = train_cfg.lr or resolve_lr(model_cfg.d_model)
     steps = train_cfg.tokens // (B * T)
     if steps < 1:
@@ -316,6 +399,7 @@ def _train_run(
         lr=lr_peak, betas=(train_cfg.beta1, train_cfg.beta2),
         fused=device.type == "cuda",
     )
+    params = list(model.parameters())
     train_model: torch.nn.Module = model
     if train_cfg.compile:
         train_model = torch.compile(model)  # type: ignore[assignment]
@@ -418,6 +502,7 @@ def _train_run(
     B_local = B // world
     last_ckpt = time.time()
     t_log, tok_log = time.time(), 0  # training time and tokens since the last log line
+    intervals: list[tuple[int, float]] = []  # (tokens, training seconds) per logged interval
     train_loss_acc, n_acc = resumed_acc
     status, reason = "completed", None
     try:
@@ -432,9 +517,10 @@ def _train_run(
             starts = idx.astype(np.int64) * (T + 1)
             batch = np.stack([corpus.train[s:s + T + 1] for s in starts]).astype(np.int64)
             xy = torch.from_numpy(batch).to(device, non_blocking=True)
-            with autocast():
-                _, loss = train_model(xy[:, :-1], xy[:, 1:])
-            lv_t = loss.detach().float()
+            # the loss is read back once per step, after the update was queued: a non-finite one
+            # stops the run below, and the NaN weights are never checkpointed
+            lv_t = optimizer_step(train_model, params, opt, xy, micro_batch=train_cfg.micro_batch,
+                                  grad_clip=train_cfg.grad_clip, autocast=autocast)
             if ddp:  # every rank must see the same loss, so that all stop together on a bad one
                 import torch.distributed as dist
 
@@ -444,10 +530,6 @@ def _train_run(
             if not math.isfinite(lv):
                 status, reason = "diverged", f"non-finite training loss ({lv}) at step {step}"
                 break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-            opt.step()
             step += 1
             train_loss_acc += lv
             n_acc += 1
@@ -467,6 +549,7 @@ def _train_run(
                               f"{vl:.6f}"])
                 train_loss_acc, n_acc = 0.0, 0
                 tps = tok_log / max(dt, 1e-9)  # training throughput
+                intervals.append((tok_log, dt))
                 eta = ((steps - step) * B * T / max(tps, 1e-9)
                        + evals_after(step, steps, eval_every) * eval_s)
                 say(f"[{run_id}] step {step}/{steps} tokens {step * B * T:.3g} train {lv:.4f} "
@@ -497,6 +580,8 @@ def _train_run(
 
     wall = wall_before + time.time() - t_start
     record["wall_seconds"] = round(wall, 3)
+    if intervals:
+        record["throughput"] = throughput(intervals, fpt, device)
     record["status"] = status
     if status == "completed":
         final = float(curve[-1][4])
@@ -519,7 +604,7 @@ def _resume_key(train: dict[str, Any]) -> dict[str, Any]:
     ``threads`` may change across a resume; the run is then valid but matches an uninterrupted
     one only to float tolerance, not bitwise.
     """
-    skip = {"device", "ckpt_seconds", "ckpt_steps", "threads", "compile"}
+    skip = {"device", "ckpt_seconds", "ckpt_steps", "threads", "compile", "micro_batch"}
     return {k: v for k, v in train.items() if k not in skip}
 
 

@@ -195,3 +195,39 @@ def test_sweep_eta_from_timed_runs():
     assert float(_eta([big], timed)[:-1]) == pytest.approx(1e6 * 1e-8 * f_b**0.7, rel=0.01)
     # one timed size: proportional to FLOPs
     assert float(_eta([big], [(f_s, 2e-6)])[:-1]) == pytest.approx(1e6 * 2e-6 * f_b / f_s, rel=0.01)
+
+
+@pytest.mark.parametrize("micro", [2, 3])
+def test_micro_batches_accumulate_to_the_whole_batch_step(corpus, tmp_path, micro):
+    """Gradient accumulation is the same optimizer step: 8 sequences as 4 x 2 or as 3 + 3 + 2
+    (uneven shares weighted by their size) reach the whole-batch loss up to float sum order."""
+    whole = _run(corpus, tmp_path / "whole")
+    acc = _run(corpus, tmp_path / "acc", micro_batch=micro)
+    assert acc["status"] == whole["status"] == "completed"
+    assert acc["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+    assert acc["loss"] != pytest.approx(whole["loss"] * 1.01, rel=1e-3)  # a real comparison
+    def train_losses(runs, rec):
+        rows = (runs / rec["run_id"] / "curve.csv").read_text().splitlines()[1:]
+        return [float(r.split(",")[3]) for r in rows]
+
+    a, w = train_losses(tmp_path / "acc", acc), train_losses(tmp_path / "whole", whole)
+    assert len(a) == len(w) >= 2 and a == pytest.approx(w, rel=1e-5)  # the logged training losses are batch means too
+    assert whole["throughput"]["tokens_per_second"] > 0 and "mfu" not in whole["throughput"]
+
+
+def test_negative_micro_batch_is_refused(corpus, tmp_path):
+    with pytest.raises(InputError, match="micro-batch"):
+        _run(corpus, tmp_path, micro_batch=-1)
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_datasheet_peaks_by_gpu_name():
+    from bayescale.train.trainer import peak_flops_for
+
+    assert peak_flops_for("NVIDIA H200") == 989.4e12
+    assert peak_flops_for("NVIDIA H100 80GB HBM3") == 989.4e12
+    assert peak_flops_for("NVIDIA H100 PCIe") == 756e12
+    assert peak_flops_for("NVIDIA A100-SXM4-80GB") == 312e12
+    assert peak_flops_for("NVIDIA GH200 480GB") == 989.4e12
+    assert peak_flops_for("NVIDIA L4") == 121e12
+    assert peak_flops_for("NVIDIA GeForce RTX 4090") is None  # unknown: no MFU rather than a wrong one
