@@ -125,7 +125,8 @@ def test_cli_train_json(corpus_dir, tmp_path, capsys):
         args = ap.parse_args(["train", "--data", str(corpus_dir / "txt"), "--vocab-size", "300",
                               "--n-layer", "1", "--d-model", "16", "--n-head", "2", "--context",
                               "16", "--tokens", "2048", "--batch-size", "8", "--eval-tokens",
-                              "256", "--runs", str(tmp_path), "--json", "--threads", "1"])
+                              "256", "--runs", str(tmp_path), "--json", "--threads", "1",
+                              "--micro-batch", "4"])
         assert args.func(args) == 0
     finally:
         del os.environ["BAYESCALE_CACHE"]
@@ -133,6 +134,7 @@ def test_cli_train_json(corpus_dir, tmp_path, capsys):
     rec = json.loads(out)
     assert rec["status"] == "completed" and out.count("\n") == 1
     assert Path(tmp_path, rec["run_id"], "run.json").exists()
+    assert rec["config"]["train"]["micro_batch"] == 4 and rec["config"]["train"]["batch_size"] == 8
 
 
 def test_lock_keeps_a_second_worker_off_a_live_run(corpus, tmp_path):
