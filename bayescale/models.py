@@ -401,8 +401,14 @@ def initial_point(law: str, forms: Mapping[str, PriorForm], prior_values: Mappin
     u = u + jax.random.uniform(keys[-2], u.shape, minval=-spread, maxval=spread)
     if pooling is None:
         return u
-    log_tau = jnp.log(0.5 * jnp.asarray([TAU_SCALE[p] for p in pooling.pooled_names(law)] * pooling.n_factors))
+    pooled = pooling.pooled_names(law)
+    log_tau = jnp.log(0.5 * jnp.asarray([TAU_SCALE[p] for p in pooled] * pooling.n_factors))
     h = jnp.concatenate([log_tau, jnp.zeros(pooling.dim(law) - log_tau.shape[0])])
+    if _absolute(pooling):  # every group starts at the population's value
+        for j, p in enumerate(pooled):
+            if p in pooling.centred(0, law):
+                idx = log_tau.shape[0] + j + len(pooled) * jnp.arange(pooling.levels[0])
+                h = h.at[idx].set(u[GROUP_PARAMS[law].index(p)])
     return jnp.concatenate([u, h + jax.random.uniform(keys[-1], h.shape, minval=-spread, maxval=spread)])
 
 
@@ -567,7 +573,17 @@ def _split_group_coords(law: str, h: Array, pooling: Pooling) -> tuple[Array, li
     return log_tau, effects, h[..., start:].reshape((*lead, pooling.n_groups, n_sep))
 
 
-def group_prior_log_density(law: str, h: Array, pooling: Pooling) -> Array:
+def _absolute(pooling: Pooling) -> bool:
+    """Whether centred coordinates are sampled as the groups' own values (one factor), not as
+    offsets from the population's: an offset of a value the data pin moves against the
+    population value, a correlation only a dense mass matrix undoes."""
+    return ABSOLUTE and pooling.n_factors == 1
+
+
+ABSOLUTE = True
+
+
+def group_prior_log_density(law: str, h: Array, pooling: Pooling, u: Array | None = None) -> Array:
     """Log prior of the group coordinates ``h``: HalfNormal spreads (sampled as log spreads,
     with their Jacobian), standard-normal effects (non-centred) or normal offsets of scale the
     spread (centred, :data:`CENTRED`), and standard-normal deviations of separate parameters."""
@@ -580,18 +596,24 @@ def group_prior_log_density(law: str, h: Array, pooling: Pooling) -> Array:
         for j, p in enumerate(pooled):
             if p in pooling.centred(f, law):
                 t = tau[..., f, j]
-                lp = lp + jnp.sum(-0.5 * (raw[..., j] / t[..., None]) ** 2, axis=-1) - raw.shape[-2] * jnp.log(t)
+                x = raw[..., j] - u[..., GROUP_PARAMS[law].index(p), None] if _absolute(pooling) else raw[..., j]
+                lp = lp + jnp.sum(-0.5 * (x / t[..., None]) ** 2, axis=-1) - raw.shape[-2] * jnp.log(t)
             else:
                 lp = lp + jnp.sum(-0.5 * raw[..., j] ** 2, axis=-1)
     return lp + jnp.sum(-0.5 * sep**2, axis=(-2, -1))
 
 
-def level_effects(law: str, h: Array, pooling: Pooling) -> list[Array]:
+def level_effects(law: str, h: Array, pooling: Pooling, u: Array) -> list[Array]:
     """Per factor, each level's effect on every pooled coordinate, ``(..., levels, n_pooled)``."""
     log_tau, effects, _ = _split_group_coords(law, h, pooling)
     out = []
+
+    def centred(raw: Array, p: str) -> Array:
+        return raw - u[..., GROUP_PARAMS[law].index(p), None] if _absolute(pooling) else raw
+
     for f, raw in enumerate(effects):
-        cols = [raw[..., j] if p in pooling.centred(f, law) else jnp.exp(log_tau[..., f, j])[..., None] * raw[..., j]
+        cols = [centred(raw[..., j], p) if p in pooling.centred(f, law)
+                else jnp.exp(log_tau[..., f, j])[..., None] * raw[..., j]
                 for j, p in enumerate(pooling.pooled_names(law))]
         out.append(jnp.stack(cols, axis=-1) if cols else raw)
     return out
@@ -613,7 +635,7 @@ def group_sites(law: str, u: Array, h: Array, pooling: Pooling) -> tuple[dict, d
     effects, from the population's coordinates ``u`` and the group coordinates ``h``."""
     pooled, separate = pooling.pooled_names(law), pooling.separate_names(law)
     log_tau, _, sep = _split_group_coords(law, h, pooling)
-    effects = level_effects(law, h, pooling)
+    effects = level_effects(law, h, pooling, u)
     cells = jnp.asarray(pooling.cells, dtype=int)  # (groups, factors)
     dev = {}
     for j, p in enumerate(pooled):
@@ -648,18 +670,19 @@ def law_model(
     by the same compiled program. The sampler moves in :data:`SAMPLING_COORDS` (site ``u``);
     the law's sites and natural parameters are recorded as deterministic sites.
 
-    With ``pooling`` (a grouped table; ``group`` holds each run's group index) ``u`` continues
-    with the group coordinates (see :class:`Pooling`); the population's sites keep their plain
+    With ``pooling`` (a grouped table; ``group`` holds each run's group index) the group
+    coordinates (see :class:`Pooling`) are a second site ``h``; the population's sites keep their plain
     names, each group's are recorded as ``g_NAME`` (last axis: group) and the spreads as
     ``tau_NAME``. ``se`` (or None) is each run's measurement standard error of log loss, added
     in quadrature to the learned noise.
     """
     k = len(SAMPLING_COORDS[law])
-    n_h = 0 if pooling is None else pooling.dim(law)
-    v = numpyro.sample("u", dist.ImproperUniform(dist.constraints.real_vector, (), (k + n_h,)))
-    u, h = v[:k], v[k:]
+    u = numpyro.sample("u", dist.ImproperUniform(dist.constraints.real_vector, (), (k,)))
+    h = None
+    if pooling is not None:  # a site of its own, so that the sampler can give it its own mass block
+        h = numpyro.sample("h", dist.ImproperUniform(dist.constraints.real_vector, (), (pooling.dim(law),)))
     lp = prior_log_density(law, u, forms, prior_values)
-    numpyro.factor("prior", lp if pooling is None else lp + group_prior_log_density(law, h, pooling))
+    numpyro.factor("prior", lp if pooling is None else lp + group_prior_log_density(law, h, pooling, u))
     th = from_sampling(law, u)
     for name in SAMPLED_SITES[law]:
         numpyro.deterministic(name, th[name])

@@ -125,7 +125,8 @@ def test_one_group_is_the_ungrouped_model():
                       pooling=one_factor(3, tuple((p, "shared") for p in GROUP_PARAMS["chinchilla"])))
     u = jnp.asarray(r.normal(size=6) * 0.3 + np.array([1.0, 0.0, 0.0, -1.2, -1.2, -4.0]))
     a = potential_energy(flat, (*args, None, None, *rest), {}, {"u": u})
-    b = potential_energy(grouped, (*args, jnp.asarray(r.integers(0, 3, 20)), None, *rest), {}, {"u": u})
+    b = potential_energy(grouped, (*args, jnp.asarray(r.integers(0, 3, 20)), None, *rest), {},
+                         {"u": u, "h": jnp.zeros(0)})  # nothing varies: no group coordinates
     assert float(a) == pytest.approx(float(b), rel=1e-12)
     # and the measurement error enters as an extra variance: se = 0 changes nothing
     c = potential_energy(flat, (*args, None, jnp.zeros(20), *rest), {}, {"u": u})
