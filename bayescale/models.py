@@ -541,21 +541,24 @@ def resolve_pooling(cells: Any, family: tuple[str, ...], *, pool: tuple[str, ...
     return Pooling(cells, levels, tuple(modes.items()))
 
 
-#: coordinates whose effects are sampled centred (offsets from the population value, scaled by
-#: nothing) in a factor of at least CENTRE_MIN_GROUPS levels: the loss at the pivot is pinned by
-#: any group's runs, and a non-centred effect of a well-identified value ties its eps to its
-#: spread, a thin curved ridge (24 Gadre groups as one factor, non-centred: 540 leapfrog steps per
-#: draw; centred: 135, at 500 warm-up draws). This holds with few groups too. Gadre's c4_val, the
-#: Chinchilla law, seeds 0-3 at the default settings: on its 3 training sets non-centred gave
-#: max R-hat 1.55 (331 divergences: one chain stuck with every group 0.4 below the population),
-#: 1.021, 1.032 and 1.035, centred 1.008, 1.013, 1.046 and 1.005 (bulk ESS 110-830) in about half
-#: the time; on 2 of them non-centred 1.019, 1.012, 1.005 and 1.034, centred 1.005-1.009 (ESS
-#: >= 600, no divergences). The shared law has the Chinchilla law's coordinates and follows it.
-#: For the Kaplan law on 3 sets the two were alike (non-centred 1.25 with 35 divergences, then
-#: 1.011-1.013; centred 1.098, then 1.008-1.018), and on 5 simulated groups of 24 runs centred
-#: reached R-hat 1.27 where non-centred passes: it keeps the 8-level threshold. The other
-#: coordinates are weakly identified per group and stay non-centred (centring the exponents too
-#: did not cut the steps).
+#: coordinates whose effects are sampled centred (the group's own value with a Normal(population,
+#: spread) prior, see :func:`_absolute`; with crossed factors, offsets of that spread) in a factor
+#: of at least CENTRE_MIN_GROUPS levels: the loss at the pivot is pinned by any group's runs, and a
+#: non-centred effect of a well-identified value ties its eps to its spread, a thin curved ridge
+#: (24 Gadre groups as one factor, non-centred: 540 leapfrog steps per draw; centred: 135, at 500
+#: warm-up draws). This holds with few groups too. Gadre's c4_val, the Chinchilla law, seeds 0-3
+#: at the default settings, on its 3 training sets: non-centred gave max R-hat 1.55 (331
+#: divergences: one chain stuck with every group 0.4 below the population), 1.021, 1.032 and
+#: 1.035; centred offsets 1.008, 1.013, 1.046 and 1.005; centred values with the group block's own
+#: mass (see sampler.CompiledNUTS) 1.005, 1.009, 1.010 and 1.006, bulk ESS >= 633, no
+#: divergences. On 2 of the sets non-centred gave 1.019, 1.012, 1.005 and 1.034, centred offsets
+#: 1.005-1.009. The shared law has the Chinchilla law's coordinates and follows it. For the Kaplan
+#: law on 3 sets centred offsets were no better (non-centred 1.25 with 35 divergences, then
+#: 1.011-1.013; centred 1.098, then 1.008-1.018), and on 5 simulated groups of 24 runs they
+#: reached R-hat 1.27 where non-centred passes: it keeps the 8-level threshold (with the block
+#: mass, non-centred: 1.003-1.008 on the 4 seeds). The other coordinates are weakly identified per
+#: group and stay non-centred (centring the exponents too did not cut the steps; centring sigma
+#: too added divergences).
 CENTRED = ("L0",)
 CENTRE_MIN_GROUPS = {"chinchilla": 2, "shared": 2, "kaplan": 8}
 
@@ -575,12 +578,11 @@ def _split_group_coords(law: str, h: Array, pooling: Pooling) -> tuple[Array, li
 
 def _absolute(pooling: Pooling) -> bool:
     """Whether centred coordinates are sampled as the groups' own values (one factor), not as
-    offsets from the population's: an offset of a value the data pin moves against the
-    population value, a correlation only a dense mass matrix undoes."""
-    return ABSOLUTE and pooling.n_factors == 1
-
-
-ABSOLUTE = True
+    offsets from the population's. An offset of a value the data pin moves one-for-one against
+    the population value: a correlation that only a dense mass matrix over the population and
+    the groups together undoes, and the sampler keeps the groups' block diagonal (24 Gadre
+    groups, Chinchilla law: offsets 255-290 leapfrog steps per draw, values 64-82)."""
+    return pooling.n_factors == 1
 
 
 def group_prior_log_density(law: str, h: Array, pooling: Pooling, u: Array | None = None) -> Array:
