@@ -585,7 +585,13 @@ def _absolute(pooling: Pooling) -> bool:
     return pooling.n_factors == 1
 
 
-def group_prior_log_density(law: str, h: Array, pooling: Pooling, u: Array | None = None) -> Array:
+def _centred_offset(law: str, pooling: Pooling, u: Array, p: str, raw: Array) -> Array:
+    """A centred coordinate's offset from the population value, ``(..., levels)``, from its
+    sampled column ``raw`` (the groups' own values under :func:`_absolute`, else the offsets)."""
+    return raw - u[..., GROUP_PARAMS[law].index(p), None] if _absolute(pooling) else raw
+
+
+def group_prior_log_density(law: str, h: Array, pooling: Pooling, u: Array) -> Array:
     """Log prior of the group coordinates ``h``: HalfNormal spreads (sampled as log spreads,
     with their Jacobian), standard-normal effects (non-centred) or normal offsets of scale the
     spread (centred, :data:`CENTRED`), and standard-normal deviations of separate parameters."""
@@ -598,7 +604,7 @@ def group_prior_log_density(law: str, h: Array, pooling: Pooling, u: Array | Non
         for j, p in enumerate(pooled):
             if p in pooling.centred(f, law):
                 t = tau[..., f, j]
-                x = raw[..., j] - u[..., GROUP_PARAMS[law].index(p), None] if _absolute(pooling) else raw[..., j]
+                x = _centred_offset(law, pooling, u, p, raw[..., j])
                 lp = lp + jnp.sum(-0.5 * (x / t[..., None]) ** 2, axis=-1) - raw.shape[-2] * jnp.log(t)
             else:
                 lp = lp + jnp.sum(-0.5 * raw[..., j] ** 2, axis=-1)
@@ -609,12 +615,8 @@ def level_effects(law: str, h: Array, pooling: Pooling, u: Array) -> list[Array]
     """Per factor, each level's effect on every pooled coordinate, ``(..., levels, n_pooled)``."""
     log_tau, effects, _ = _split_group_coords(law, h, pooling)
     out = []
-
-    def centred(raw: Array, p: str) -> Array:
-        return raw - u[..., GROUP_PARAMS[law].index(p), None] if _absolute(pooling) else raw
-
     for f, raw in enumerate(effects):
-        cols = [centred(raw[..., j], p) if p in pooling.centred(f, law)
+        cols = [_centred_offset(law, pooling, u, p, raw[..., j]) if p in pooling.centred(f, law)
                 else jnp.exp(log_tau[..., f, j])[..., None] * raw[..., j]
                 for j, p in enumerate(pooling.pooled_names(law))]
         out.append(jnp.stack(cols, axis=-1) if cols else raw)

@@ -33,6 +33,7 @@ from typing import Any, TextIO
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.linalg import block_diag
 from numpyro.infer.hmc import hmc
 from numpyro.infer.util import constrain_fn, potential_energy
 
@@ -245,8 +246,7 @@ class CompiledNUTS:
             if blocks == [("u", "h")]:
                 return inv[("u", "h")]
             u = inv[("u",)]
-            full = jnp.diag(jnp.concatenate([jnp.zeros(k_pop) if u.ndim == 2 else u, inv[("h",)]]))
-            return full.at[:k_pop, :k_pop].set(u) if u.ndim == 2 else full
+            return block_diag(u if u.ndim == 2 else jnp.diag(u), jnp.diag(inv[("h",)]))
 
         def one_chain(rng: jax.Array, args: tuple, start: tuple) -> tuple:
             given, u0, inv_mass, step = start
@@ -287,10 +287,10 @@ class CompiledNUTS:
             post.pop("u")  # sampling coordinates: the law's own sites are recorded beside them
             post.pop("h", None)
             adapt = last.adapt_state
-            end = last.z["u"] if key.pooling is None else jnp.concatenate([last.z["u"], last.z["h"]])
+            end = jnp.concatenate([last.z["u"], last.z["h"]]) if grouped else last.z["u"]
             return post, div, steps, (end, mass_out(adapt.inverse_mass_matrix), adapt.step_size)
 
-        self._k = len(SAMPLING_COORDS[key.law]) + (0 if key.pooling is None else key.pooling.dim(key.law))
+        self._k = k_pop + (key.pooling.dim(key.law) if grouped else 0)
         data_axis = 0 if key.batched else None
         # the chain axis is named only where the progress callback asks for it: the program
         # without progress stays the one the persistent cache holds

@@ -16,13 +16,13 @@ size is timed eager and under ``torch.compile``, and the speed-up is printed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
+from functools import partial
 
 import torch
 
 from bayescale.train.model import ModelConfig, Transformer, flops_per_token, non_embedding_params
-from bayescale.train.trainer import optimizer_step, peak_flops
+from bayescale.train.trainer import autocast_for, optimizer_step, peak_flops
 
 SIZES = [  # (n_layer, d_model, n_head): CPU sizes up to the largest shipped in runs/
     (2, 64, 2),
@@ -65,12 +65,9 @@ def train_tokens_per_s(cfg: ModelConfig, device: torch.device, batch: int, steps
     run = torch.compile(model) if compile else model
     x = torch.randint(0, cfg.vocab_size, (batch, cfg.context + 1), device=device)
 
-    def autocast():
-        return (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else contextlib.nullcontext())
-
     def step() -> float:
-        return float(optimizer_step(run, params, opt, x, micro_batch=micro_batch, autocast=autocast))
+        return float(optimizer_step(run, params, opt, x, micro_batch=micro_batch,
+                                    autocast=partial(autocast_for, device)))
 
     for _ in range(3):  # warm-up (and compilation)
         step()

@@ -53,6 +53,7 @@ import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +224,13 @@ def _run_lock(run_dir: Path) -> Any:
         lock.unlink(missing_ok=True)
         if created and not any(run_dir.iterdir()):  # refused before writing anything: leave no trace
             run_dir.rmdir()
+
+
+def autocast_for(device: torch.device) -> Any:
+    """The training precision context: bf16 autocast on CUDA, full precision elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def optimizer_step(train_model: torch.nn.Module, params: list[torch.Tensor], opt: torch.optim.Optimizer,
@@ -408,10 +416,7 @@ def _train_run(
 
         train_model = DistributedDataParallel(
             train_model, device_ids=[local_rank] if device.type == "cuda" else None)
-    def autocast():
-        if device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    autocast = partial(autocast_for, device)
 
     # data order: a permutation of disjoint windows, a function of the seed alone
     perm = np.random.default_rng(train_cfg.seed).permutation(n_win)[: steps * B]
