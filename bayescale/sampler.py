@@ -42,6 +42,17 @@ from .models import SAMPLING_COORDS, Pooling, PriorForm, initial_point, law_mode
 
 MIN_BUCKET = 16
 
+#: NUTS moves in the sampling coordinates times this factor. NumPyro (like Stan) regularises each
+#: adapted mass matrix by adding ``1e-3 * 5 / (n + 5)`` to every coordinate's variance: an absolute
+#: floor, meant for coordinates of unit scale. Ours are not: the log loss at the pivots (``l0``) is
+#: fixed by the data to about sigma / sqrt(runs), a posterior sd of 5e-4 on the 240 Chinchilla rows
+#: (variance 2.6e-7, 40x below the floor of the last window), so the adapted mass was 6x too wide
+#: along it, the step size 0.1 and NUTS took 32 leapfrog steps per draw. Scaled by 100 the floor
+#: is 1e4 times smaller against every posterior variance (still there for a window whose chain
+#: did not move): the same posterior, 6 steps per draw. Positions, mass matrices and step sizes
+#: that leave or enter the sampler (:class:`WarmStart`) stay in the unscaled coordinates.
+COORD_SCALE = 100.0
+
 
 def bucket(n: int) -> int:
     """Padded size for ``n`` runs: the next power of two (at least :data:`MIN_BUCKET`).
@@ -206,8 +217,12 @@ class CompiledNUTS:
         forms = dict(key.forms)
         model = partial(law_model, law=key.law, forms=forms, likelihood=key.likelihood, nu=key.nu,
                         pooling=key.pooling)
-        init_kernel, sample_kernel = hmc(potential_fn_gen=lambda *a: partial(potential_energy, model, a, {}),
-                                         algo="NUTS")
+        unscale = partial(jax.tree.map, lambda v: v / COORD_SCALE)  # sampler's coordinates -> the model's
+
+        def potential_fn_gen(*args: Any) -> Any:
+            return lambda v: potential_energy(model, args, {}, unscale(v))
+
+        init_kernel, sample_kernel = hmc(potential_fn_gen=potential_fn_gen, algo="NUTS")
 
         k_pop = len(SAMPLING_COORDS[key.law])
         grouped = key.pooling is not None
@@ -251,8 +266,9 @@ class CompiledNUTS:
         def one_chain(rng: jax.Array, args: tuple, start: tuple) -> tuple:
             given, u0, inv_mass, step = start
             rng_init, rng_nuts = jax.random.split(rng)
-            z0 = split(jnp.where(given, u0, initial_point(key.law, forms, args[-1], rng_init, pooling=key.pooling)))
-            state = init_kernel(z0, key.warmup, step_size=step, inverse_mass_matrix=mass_in(inv_mass),
+            z0 = split(COORD_SCALE * jnp.where(given, u0, initial_point(key.law, forms, args[-1], rng_init,
+                                                                        pooling=key.pooling)))
+            state = init_kernel(z0, key.warmup, step_size=step, inverse_mass_matrix=mass_in(COORD_SCALE**2 * inv_mass),
                                 dense_mass=key.dense_mass if blocks is None else blocks,
                                 target_accept_prob=key.target_accept,
                                 max_tree_depth=key.max_tree_depth, model_args=args, rng_key=rng_nuts)
@@ -283,12 +299,13 @@ class CompiledNUTS:
                 (last, _), (z, div, steps) = jax.lax.scan(step_fn_progress, (state, jnp.zeros(2, int)),
                                                           jnp.arange(total))
             z, div, steps = jax.tree.map(lambda x: x[key.warmup:], (z, div, steps))
-            post = jax.vmap(lambda zi: constrain_fn(model, args, {}, zi, return_deterministic=True))(z)
+            post = jax.vmap(lambda zi: constrain_fn(model, args, {}, unscale(zi), return_deterministic=True))(z)
             post.pop("u")  # sampling coordinates: the law's own sites are recorded beside them
             post.pop("h", None)
             adapt = last.adapt_state
             end = jnp.concatenate([last.z["u"], last.z["h"]]) if grouped else last.z["u"]
-            return post, div, steps, (end, mass_out(adapt.inverse_mass_matrix), adapt.step_size)
+            return post, div, steps, (end / COORD_SCALE, mass_out(adapt.inverse_mass_matrix) / COORD_SCALE**2,
+                                      adapt.step_size)
 
         self._k = k_pop + (key.pooling.dim(key.law) if grouped else 0)
         data_axis = 0 if key.batched else None
