@@ -90,6 +90,8 @@ MAX_DRAWS = 1024
 SCENARIOS = 64
 #: contrast draws of the nested-MC / prior-contrastive bounds
 CONTRAST = 128
+#: disjoint contrast sets the bounds are averaged over (as many as leave half the draws as outer draws)
+CONTRAST_SETS = 4
 #: warn when EIG > log M - HEADROOM: fewer than ~20 draws would be left to describe a posterior
 HEADROOM = math.log(20.0)
 #: candidates per vectorised chunk (memory: about G x M x 3 floats each)
@@ -335,20 +337,26 @@ def _candidate(lik: Any, Gc: int, P: int, bounds: bool, params: tuple[jax.Array,
         # expected posterior sd of phi's first coordinate, relative to its sd before the run
         sd_post = jnp.sqrt(jnp.maximum(post[..., 0, 0], 0.0))
         out["sd_ratio"] = jnp.sum(B * sd_post, axis=1) / jnp.sqrt(prior[:, 0, 0])
-    if bounds:  # nested MC (upper) and PCE (lower): a random contrast set, and outer draws from the rest
-        M = W.shape[1]  # (random, not every k-th draw: a stride picks a structured subset of quasi-random draws)
+    if bounds:  # nested MC (upper) and PCE (lower): random contrast sets, and outer draws from the rest
+        # (random, not every k-th draw: a stride picks a structured subset of quasi-random draws). One
+        # contrast set's error is shared by every outer draw and every candidate, so each bound is
+        # averaged over CONTRAST_SETS disjoint contrast sets
+        M = W.shape[1]
         perm = np.random.default_rng(0).permutation(M)
         Lc = min(CONTRAST, M // 2)
-        c, o = perm[:Lc], perm[Lc:]
-        wc = W[0, c] / jnp.sum(W[0, c])
-        wo = W[0, o] / jnp.sum(W[0, o])
-        pc = F[:, c] @ wc  # (G,) the contrast draws' predictive
-        log_pc = _interp(jnp.log(jnp.maximum(pc, 1e-300)), idx[o], frac[o])  # (outer, K) at their own nodes
-        nmc = negent[o] - jnp.sum(wn[o] * log_pc, axis=1)
-        own = lik.own_density(params)[o]  # each outer draw's density at its own nodes, exactly
-        pce = negent[o] - jnp.sum(wn[o] * jnp.log((own + Lc * jnp.exp(log_pc)) / (Lc + 1)), axis=1)
-        out["upper"] = jnp.sum(wo * nmc)
-        out["lower"] = jnp.sum(wo * pce)
+        sets = max(1, min(CONTRAST_SETS, M // (2 * Lc)))
+        own = lik.own_density(params)  # each draw's density at its own nodes, exactly
+        upper, lower = 0.0, 0.0
+        for r in range(sets):
+            c, o = perm[r * Lc:(r + 1) * Lc], np.concatenate([perm[:r * Lc], perm[(r + 1) * Lc:]])
+            wc = W[0, c] / jnp.sum(W[0, c])
+            wo = W[0, o] / jnp.sum(W[0, o])
+            pc = F[:, c] @ wc  # (G,) the contrast draws' predictive
+            log_pc = _interp(jnp.log(jnp.maximum(pc, 1e-300)), idx[o], frac[o])  # (outer, K) at their own nodes
+            nmc = negent[o] - jnp.sum(wn[o] * log_pc, axis=1)
+            pce = negent[o] - jnp.sum(wn[o] * jnp.log((own[o] + Lc * jnp.exp(log_pc)) / (Lc + 1)), axis=1)
+            upper, lower = upper + jnp.sum(wo * nmc) / sets, lower + jnp.sum(wo * pce) / sets
+        out["upper"], out["lower"] = upper, lower
     return out
 
 
