@@ -83,8 +83,13 @@ def main() -> None:
     rand_med = float(np.median(rand))
     better = min(cheap, rand_med)
     print(f"random, median of {a.seeds} seeds: {rand_med:.3e}")
-    ratio = eig / better if math.isfinite(better) else (0.0 if math.isfinite(eig) else math.nan)
-    print(f"EIG / better of (random median, cheapest-first) = {ratio:.3f} (target <= 0.5)")
+    if math.isfinite(better):
+        print(f"EIG / better of (random median, cheapest-first) = {eig / better:.3f} (target <= 0.5)")
+    elif math.isfinite(eig):  # the others need more than the budget: the ratio is below EIG's share of it
+        print(f"EIG / better of (random median, cheapest-first) < {eig / budget:.3f}: neither got there within "
+              f"{a.max_pct:g}% of the pool (target <= 0.5)")
+    else:
+        print(f"no strategy got there within {a.max_pct:g}% of the pool: no ratio (target <= 0.5)")
 
 
 def replace_cfg(cfg: FitConfig, n: int) -> FitConfig:
