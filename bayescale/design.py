@@ -90,7 +90,7 @@ MAX_DRAWS = 1024
 SCENARIOS = 64
 #: contrast draws of the nested-MC / prior-contrastive bounds
 CONTRAST = 128
-#: disjoint contrast sets the bounds are averaged over (as many as leave half the draws as outer draws)
+#: disjoint contrast sets the bounds are averaged over (fewer where they would take more than half the draws)
 CONTRAST_SETS = 4
 #: warn when EIG > log M - HEADROOM: fewer than ~20 draws would be left to describe a posterior
 HEADROOM = math.log(20.0)
