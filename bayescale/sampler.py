@@ -229,15 +229,16 @@ class CompiledNUTS:
         # A grouped model's group coordinates (site "h") get a diagonal mass block of their own
         # beside the population's dense one. One dense matrix over every coordinate costs a
         # k x k product per leapfrog step: with 24 Gadre groups (156 coordinates) a step cost
-        # about 200 us, against 45 us with a diagonal mass throughout. Separate parameters, and
-        # centred effects of crossed factors, are offsets from the population's coordinates,
-        # which only a dense matrix over both undoes (24 separate fits took minutes with the
-        # diagonal block): with any, one dense block, as before the blocks existed.
+        # about 200 us, against 45 us with a diagonal mass throughout. With one factor, centred
+        # and separate coordinates are the groups' own values (models._absolute). With crossed
+        # factors, centred effects and separate parameters are offsets from the population's
+        # coordinates, which only a dense matrix over both undoes: one dense block, as before
+        # the blocks existed.
         if not grouped:
             blocks = None
         elif not key.dense_mass:
             blocks = []
-        elif key.pooling.separate_names(key.law) or key.pooling.n_factors > 1:
+        elif key.pooling.n_factors > 1:
             blocks = [("u", "h")]
         else:
             blocks = [("u",)]

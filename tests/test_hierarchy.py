@@ -135,6 +135,41 @@ def test_one_group_is_the_ungrouped_model():
     assert np.all(np.isfinite(np.asarray(g)))
 
 
+def test_separate_groups_are_sampled_as_their_own_values():
+    """One factor: a separate group's coordinates are sampled as its own values (what lets the
+    sampler keep the groups' mass diagonal), and the density is each group's own law on its own
+    runs times Normal(population value, SEPARATE_SCALE) for each coordinate, the population with
+    the law's prior."""
+    from bayescale.models import SEPARATE_SCALE
+
+    r = np.random.default_rng(1)
+    n, G = 24, 3
+    lN, lD = jnp.asarray(r.uniform(16, 23, n)), jnp.asarray(r.uniform(20, 26, n))
+    ly = jnp.asarray(np.log(2 + r.uniform(0, 1, n)))
+    grp = np.repeat(np.arange(G), n // G)
+    an = Anchors.from_data(np.exp(np.asarray(lN)), np.exp(np.asarray(lD)), np.exp(np.asarray(ly)))
+    forms, vals = prior_forms("chinchilla", resolve_priors("chinchilla", an))
+    rest = (jnp.asarray([an.log_N0, an.log_D0]), {k: jnp.asarray(v) for k, v in vals.items()})
+    flat = partial(law_model, law="chinchilla", forms=forms)
+    params = GROUP_PARAMS["chinchilla"]
+    grouped = partial(law_model, law="chinchilla", forms=forms,
+                      pooling=one_factor(G, tuple((p, "separate") for p in params)))
+    u = jnp.asarray(r.normal(size=6) * 0.3 + np.array([1.0, 0.0, 0.0, -1.2, -1.2, -4.0]))
+    h = u[None, :] + jnp.asarray(r.normal(size=(G, 6)) * 0.3)  # (groups, coordinates)
+    got = float(potential_energy(grouped, (lN, lD, ly, None, jnp.asarray(grp), None, *rest), {},
+                                 {"u": u, "h": h.reshape(-1)}))
+
+    def pot(v, mask):
+        return float(potential_energy(flat, (lN, lD, ly, jnp.asarray(mask), None, None, *rest), {}, {"u": v}))
+
+    want = pot(u, np.zeros(n, bool))  # the population's prior alone
+    for g in range(G):  # group g's own law on its own runs: its likelihood without its prior
+        want += pot(h[g], grp == g) - pot(h[g], np.zeros(n, bool))
+    scale = np.array([SEPARATE_SCALE[p] for p in params])
+    want += float(np.sum(0.5 * ((np.asarray(h) - np.asarray(u)) / scale) ** 2))
+    assert got == pytest.approx(want, rel=1e-10)
+
+
 @pytest.fixture(scope="module")
 def gadre_c4():
     if not GADRE.exists():
