@@ -605,9 +605,8 @@ def _separate_deviation(law: str, pooling: Pooling, u: Array, p: str, raw: Array
     dense mass matrix over the population and the groups (129 leapfrog steps per draw at about
     200 us each, bulk ESS 521); as values, the groups' diagonal block does (222 steps at about 45
     us, bulk ESS 1382; the same posterior)."""
-    if _absolute(pooling):
-        return (raw - u[..., GROUP_PARAMS[law].index(p), None]) / SEPARATE_SCALE[p]
-    return raw
+    x = _centred_offset(law, pooling, u, p, raw)
+    return x / SEPARATE_SCALE[p] if _absolute(pooling) else x
 
 
 def group_prior_log_density(law: str, h: Array, pooling: Pooling, u: Array) -> Array:
