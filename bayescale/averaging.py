@@ -316,6 +316,7 @@ class Fold:
     log_weights: np.ndarray | None  # PSIS weights of the draws (None: an exact refit)
     method: str  # "exact" or "psis"
     pareto_k: float | None  # of the PSIS weights, where tried
+    gp: dict[str, Any] | None = None  # the structured discrepancy fitted below the cut (mu, sigma include it)
 
 
 def forward_folds(runs: Any, law: str, config: Any, rng_key: Any, *, quiet: bool = True,
@@ -333,6 +334,7 @@ def forward_folds(runs: Any, law: str, config: Any, rng_key: Any, *, quiet: bool
     """
     import jax
 
+    from .discrepancy import features, fit_gp, residuals
     from .inference import Groups, log_mean_draws, measurement_se, pointwise_log_lik, sample_law
     from .models import Anchors, resolve_priors
 
@@ -369,11 +371,23 @@ def forward_folds(runs: Any, law: str, config: Any, rng_key: Any, *, quiet: bool
         fut = np.flatnonzero(~m)
         mu = log_mean_draws(law, ref[1], lN[fut], lD[fut], ref[2], group=at(gi, fut))  # (S, n)
         sigma = ref[1]["sigma"][:, None] if gi is None else ref[1]["g_sigma"][:, gi[fut]]
+        gp_rec = None
+        if config.structured_discrepancy:  # the misfit learned below the cut, carried to the runs above
+            fitted = np.flatnonzero(m)
+            r = residuals(ly[fitted], log_mean_draws(law, ref[1], lN[fitted], lD[fitted], ref[2],
+                                                     group=at(gi, fitted)), lw)
+            X = features(N[fitted], D[fitted])
+            gp, w = fit_gp(X, r, at(gi, fitted), likelihood=config.likelihood, nu=config.nu)
+            shift, var = gp.predict(X, r, features(N[fut], D[fut]), group=at(gi, fitted), group_s=at(gi, fut),
+                                    weights=w)
+            mu = mu + shift
+            sigma = np.sqrt(gp.noise**2 + var)[None, :]
+            gp_rec = gp.to_json()
         if se is not None:
             sigma = np.sqrt(sigma**2 + se[fut] ** 2)
         sigma = np.broadcast_to(sigma, mu.shape)
         d = extrapolation_distance(N[fut], D[fut], DataRange.of(N[m], D[m], C[m]), C[fut])
-        folds.append(Fold(float(c), int(m.sum()), fut, mu, sigma, d, lw, method, khat))
+        folds.append(Fold(float(c), int(m.sum()), fut, mu, sigma, d, lw, method, khat, gp_rec))
         if not quiet:
             how = "refit" if method == "exact" else f"PSIS, k={khat:.2f}"
             print(f"  {law}: cut at C = {c:.3g}: {m.sum()} runs fitted, {len(fut)} scored ({how})",
@@ -401,12 +415,15 @@ class Calibration:
 
 
 def calibrate(laws: Sequence[str], y: np.ndarray, folds: dict[str, list[Fold]], *, likelihood: str,
-              nu: float) -> Calibration:
+              nu: float, independent: bool = False) -> Calibration:
     """Weights and discrepancy rate of the family from every law's forward folds.
 
-    Every cut's scored runs share the misfit of the law fitted below it (their errors are one
-    systematic error, not independent ones), so each cut counts as one observation: a run's log
-    density enters with weight ``1 / (runs scored at its cut)``. The rate is shared by the family
+    Without a structured discrepancy, every cut's scored runs share the misfit of the law fitted
+    below it (their errors are one systematic error, not independent ones), so each cut counts as
+    one observation: a run's log density enters with weight ``1 / (runs scored at its cut)``. With
+    one (``independent``: the folds' predictions carry the misfit process learned below the cut,
+    :mod:`bayescale.discrepancy`), what the runs share is modelled, and each run counts once.
+    The rate is shared by the family
     (the error left once the laws' disagreement is in the mixture): for each rate on
     :data:`RATE_GRID` the weights are stacked (with the :data:`WEIGHT_PRIOR` Dirichlet prior),
     the rate's posterior weighs the stacked mixture's score by the half-normal prior, and the
@@ -416,7 +433,7 @@ def calibrate(laws: Sequence[str], y: np.ndarray, folds: dict[str, list[Fold]], 
     if not cuts:  # nothing to validate forward with: the priors speak
         post = rate_posterior(np.zeros((len(RATE_GRID), 0)))
         return Calibration(np.full(len(laws), 1.0 / len(laws)), post, {law: [] for law in laws})
-    point_w = np.concatenate([np.full(len(f.future), 1.0 / len(f.future)) for f in cuts])
+    point_w = np.concatenate([np.full(len(f.future), 1.0 if independent else 1.0 / len(f.future)) for f in cuts])
     lpd = np.empty((len(RATE_GRID), len(laws), len(point_w)))
     for j, law in enumerate(laws):
         parts = []
@@ -455,6 +472,7 @@ def fit_family(runs: Any, config: Any, *, quiet: bool = False, source: str | Non
 
     import jax
 
+    from .discrepancy import RESIDUAL, WEIGHT
     from .inference import build_idata, fit_law, group_metadata, law_metadata, report_diagnostics, run_metadata
     from .models import law_overrides
     from .store import AVERAGED, SEP
@@ -472,7 +490,9 @@ def fit_family(runs: Any, config: Any, *, quiet: bool = False, source: str | Non
                             progress=None if stage is None else f"{stage}, all runs")
         cuts, folds[law] = forward_folds(runs, law, per_law[law], k_lfo, quiet=quiet, warm_start=fits[law].adapted,
                                          progress=stage)
-    cal = calibrate(laws, np.log(runs["loss"].to_numpy(float)), folds, likelihood=config.likelihood, nu=config.nu)
+    cal = calibrate(laws, np.log(runs["loss"].to_numpy(float)), folds, likelihood=config.likelihood, nu=config.nu,
+                    independent=config.structured_discrepancy)
+    gps = _discrepancy_processes(runs, fits, config) if config.structured_discrepancy else {}
     rng = np.random.default_rng(config.seed)
     shape = fits[laws[0]].diverging.shape
     groups: dict[str, dict[str, np.ndarray]] = {}
@@ -486,12 +506,16 @@ def fit_family(runs: Any, config: Any, *, quiet: bool = False, source: str | Non
     meta["law"] = AVERAGED
     meta["laws"] = {law: {**law_metadata(fits[law]), "weight": float(w), "lfo": cal.scores[law]}
                     for law, w in zip(laws, cal.weights, strict=True)}
+    for law, (gp, _, _) in gps.items():
+        meta["laws"][law]["discrepancy_gp"] = gp.to_json()
     rate = RATE_GRID
     cdf = np.cumsum(cal.rate_posterior)
     meta["averaging"] = {
-        "method": "stacking of leave-future-out predictive densities (each cut counts once; "
-                  f"Dirichlet({WEIGHT_PRIOR:g}) prior on the weights), with a model discrepancy of scale "
-                  "rate x distance on log loss, combined with the noise as sqrt(sigma^2 + (rate x distance)^2)",
+        "method": ("stacking of leave-future-out predictive densities ("
+                   + ("each run counts once, the misfit they share modelled by each law's Gaussian process over "
+                      "(log10 N, log10 D); " if config.structured_discrepancy else "each cut counts once; ")
+                   + f"Dirichlet({WEIGHT_PRIOR:g}) prior on the weights), with a model discrepancy of scale "
+                   "rate x distance on log loss, combined with the noise as sqrt(sigma^2 + (rate x distance)^2)"),
         "cuts": cuts,
         "n_levels": int(budget_levels(C).max() + 1),
         "data_range": DataRange.of(runs["N"].to_numpy(float), runs["D"].to_numpy(float), C).to_json(),
@@ -510,10 +534,33 @@ def fit_family(runs: Any, config: Any, *, quiet: bool = False, source: str | Non
     grouped = [f.groups_ for f in fits.values() if f.groups_ is not None]
     if grouped:
         meta.update(group_metadata(grouped[0]))
-    idata = build_idata(runs, groups, meta, grouped[0] if grouped else None)
+    idata = build_idata(runs, groups, meta, grouped[0] if grouped else None,
+                        run_data={k: v for law, (_, r, w) in gps.items()
+                                  for k, v in ((f"{law}{SEP}{RESIDUAL}", r), (f"{law}{SEP}{WEIGHT}", w))})
     if not quiet:
         print("weights (forward validation): " + ", ".join(f"{law} {w:.2f}" for law, w in zip(laws, cal.weights,
               strict=True)) + f"; discrepancy rate {100 * meta['averaging']['discrepancy']['rate_mean']:.1f}%"
               " of the loss per decade beyond the data", file=sys.stderr, flush=True)
     report_diagnostics(idata, seconds, quiet)
     return idata
+
+
+def _discrepancy_processes(runs: Any, fits: dict[str, Any], config: Any
+                           ) -> dict[str, tuple[Any, np.ndarray, np.ndarray]]:
+    """Each law's discrepancy process (:mod:`bayescale.discrepancy`) fitted to its residuals from
+    the full-data posterior mean, with those residuals (a grouped fit's by each run's group) and
+    the runs' robustness weights."""
+    from .discrepancy import features, fit_gp, residuals
+    from .inference import log_mean_draws
+
+    N, D = runs["N"].to_numpy(float), runs["D"].to_numpy(float)
+    ly = np.log(runs["loss"].to_numpy(float))
+    X = features(N, D)
+    out = {}
+    for law, f in fits.items():
+        gi = None if f.groups_ is None or f.groups_.pooling is None else f.groups_.index
+        flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in f.samples.items()}
+        r = residuals(ly, log_mean_draws(law, flat, np.log(N), np.log(D), f.anchors, group=gi))
+        gp, w = fit_gp(X, r, gi, likelihood=config.likelihood, nu=config.nu)
+        out[law] = (gp, r, w)
+    return out

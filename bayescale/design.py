@@ -549,6 +549,20 @@ class DesignDraws:
     D_obs: np.ndarray
     C_obs: np.ndarray
     total: int  # draws in the posterior before thinning
+    gps: list[Any] | None = None  # per part: its law's discrepancy process (discrepancy.Conditioned) or None
+
+    def gp_terms(self, N: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The structured discrepancy's mean and variance at points ``(P,)`` per draw, ``(P, M)``,
+        and each draw's noise ``(M,)`` (the process's where its law has one, else the law's sigma)."""
+        m, v, noise = np.zeros((len(N), self.M)), np.zeros((len(N), self.M)), self.sigma.copy()
+        start = 0
+        for (_, p), gp in zip(self.parts, self.gps or [None] * len(self.parts), strict=True):
+            sl = slice(start, start + len(next(iter(p.values()))))
+            start = sl.stop
+            if gp is not None:
+                mm, vv = gp.at(N, D)
+                m[:, sl], v[:, sl], noise[sl] = mm[:, None], vv[:, None], gp.noise
+        return m, v, noise
 
     @property
     def M(self) -> int:
@@ -570,8 +584,8 @@ def design_draws(idata: Any, max_draws: int = MAX_DRAWS) -> DesignDraws:
     mix = mixture(idata)
     total = mix.size
     keep = np.unique(np.linspace(0, total - 1, min(max_draws, total)).round().astype(int))
-    parts, sig, start = [], [], 0
-    for law, view, idx in mix.parts:
+    parts, sig, gps, start = [], [], [], 0
+    for j, (law, view, idx) in enumerate(mix.parts):
         mine = keep[(keep >= start) & (keep < start + len(idx))] - start
         start += len(idx)
         if len(mine) == 0:
@@ -579,10 +593,22 @@ def design_draws(idata: Any, max_draws: int = MAX_DRAWS) -> DesignDraws:
         d = param_draws(view, [*PARAM_NAMES[law], "sigma"])
         parts.append((law, {k: d[k][idx[mine]] for k in PARAM_NAMES[law]}))
         sig.append(d["sigma"][idx[mine]])
+        gps.append(mix.gps[j] if mix.gps else None)
     rate = None if mix.rate is None else mix.rate[:total][keep]
     cd = idata.constant_data
     N, D, C = (np.asarray(cd[k].values, float) for k in ("N", "D", "C"))
-    return DesignDraws(parts, np.concatenate(sig), rate, mix.data, mix.likelihood, mix.nu, N, D, C, total)
+    return DesignDraws(parts, np.concatenate(sig), rate, mix.data, mix.likelihood, mix.nu, N, D, C, total, gps)
+
+
+def _gp_at_draws(dr: DesignDraws, N: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The structured discrepancy's mean and variance at one point per draw (``N``, ``D``: ``(M,)``)."""
+    m, v, start = np.zeros(dr.M), np.zeros(dr.M), 0
+    for (_, p), gp in zip(dr.parts, dr.gps or [None] * len(dr.parts), strict=True):
+        sl = slice(start, start + len(next(iter(p.values()))))
+        start = sl.stop
+        if gp is not None:
+            m[sl], v[sl] = gp.at(N[sl], D[sl])
+    return m, v
 
 
 def _discrepancy(dr: DesignDraws, d: np.ndarray) -> np.ndarray:
@@ -601,8 +627,8 @@ def predictive_params(dr: DesignDraws, N: np.ndarray, D: np.ndarray) -> tuple[np
     mu = np.concatenate([np.log(np.asarray(loss(law, broadcast_draws(p), N[None, :], D[None, :]))) for law, p in
                          dr.parts]).T
     disc = _discrepancy(dr, extrapolation_distance(N, D, dr.data))
-    s = np.sqrt(dr.sigma[None, :] ** 2 + disc**2)
-    return mu, s
+    m, v, noise = dr.gp_terms(N, D)
+    return mu + m, np.sqrt(noise[None, :] ** 2 + disc**2 + v)
 
 
 def objective_draws(dr: DesignDraws, objective: str, *, target_compute: float | None = None,
@@ -628,7 +654,9 @@ def objective_draws(dr: DesignDraws, objective: str, *, target_compute: float | 
         mu = np.concatenate([np.log(np.asarray(loss(law, broadcast_draws(p), N[None, :], D[None, :])))
                              for law, p in dr.parts])
         d = extrapolation_distance(N, D, dr.data)
-        return mu + noise_draws(_discrepancy(dr, d), rng, likelihood=dr.likelihood, nu=dr.nu)
+        m, v, _ = dr.gp_terms(N, D)
+        return (mu + m.T + np.sqrt(v.T) * rng.standard_normal(mu.shape)
+                + noise_draws(_discrepancy(dr, d).T, rng, likelihood=dr.likelihood, nu=dr.nu))
     if target_compute is None:
         raise InputError(f"the {objective} objective needs a budget (--target-compute C)", field="--target-compute")
     C = np.array([float(target_compute)])
@@ -641,7 +669,9 @@ def objective_draws(dr: DesignDraws, objective: str, *, target_compute: float | 
     if objective == "loss_opt":
         d = extrapolation_distance(out["N_opt"][:, 0], out["D_opt"][:, 0], dr.data)
         scale = np.zeros((dr.M, 1)) if dr.rate is None else (dr.rate * d)[:, None]
-        return np.log(out["loss"]) + noise_draws(scale, rng, likelihood=dr.likelihood, nu=dr.nu)
+        m, v = _gp_at_draws(dr, out["N_opt"][:, 0], out["D_opt"][:, 0])
+        return (np.log(out["loss"]) + (m + np.sqrt(v) * rng.standard_normal(dr.M))[:, None]
+                + noise_draws(scale, rng, likelihood=dr.likelihood, nu=dr.nu))
     raise InputError(f"unknown objective {objective!r}; expected one of {', '.join(OBJECTIVES)}", field="--objective")
 
 

@@ -79,6 +79,8 @@ class FitConfig:
     lfo_warmup: int = 200  # warm-up per chain of each forward-validation refit (warm-started)
     lfo_draws: int = 200  # draws per chain of each forward-validation refit
     psis: bool = True  # reuse the last exact refit by PSIS where its Pareto k allows
+    # averaged fits: each law's misfit over (log N, log D) as a Gaussian process (bayescale.discrepancy)
+    structured_discrepancy: bool = True
     pool: tuple[str, ...] = ()  # grouped tables: parameters pooled across groups (the default for all)
     share: tuple[str, ...] = ()  # ... one value for every group ('all': one law for all groups)
     separate: tuple[str, ...] = ()  # ... per group, with independent priors ('all': separate fits)
@@ -230,13 +232,14 @@ def fit_law(runs: pd.DataFrame, law: str, config: FitConfig, rng_key: Any, *, qu
 
 
 def build_idata(runs: pd.DataFrame, groups: dict[str, dict[str, np.ndarray]], meta: dict[str, Any],
-                grouping: Groups | None = None) -> Posterior:
+                grouping: Groups | None = None, run_data: dict[str, np.ndarray] | None = None) -> Posterior:
     """The posterior file's InferenceData: the fitted groups, the runs, and the metadata.
 
     A grouped fit's per-group variables (``g_NAME``, possibly ``LAW.g_NAME``) get a ``group``
     dimension, its spreads (``tau_NAME``) a ``factor`` dimension and its level effects
     (``effectF_NAME``) a ``levelF`` dimension; every run records its group
-    (``constant_data.group``) and its measurement standard error where it had one.
+    (``constant_data.group``) and its measurement standard error where it had one. ``run_data``
+    adds further per-run variables to ``constant_data`` (an averaged fit's residuals).
     """
     group_names = None if grouping is None else grouping.names
     y = runs["loss"].to_numpy(float)
@@ -262,6 +265,9 @@ def build_idata(runs: pd.DataFrame, groups: dict[str, dict[str, np.ndarray]], me
     se = measurement_se(runs)
     if se is not None:
         const["se"] = se
+    for k, v in (run_data or {}).items():
+        const[k] = np.asarray(v, float)
+        dims[k] = ["run"]
     idata = from_arrays({**groups, "observed_data": {"log_loss": np.log(y)}, "constant_data": const},
                         coords=coords, dims=dims)
     idata.posterior.attrs[META_KEY] = json.dumps(meta)

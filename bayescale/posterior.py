@@ -27,6 +27,7 @@ from . import (
 )
 from ._idata import Posterior
 from .averaging import DataRange, extrapolation_distance, mixture_counts, noise_draws
+from .discrepancy import conditioned
 from .errors import InputError
 from .laws import EXPONENTS, PARAM_NAMES, broadcast_draws, compute_optimal, loss
 from .store import AVERAGED, law_view, laws_of, metadata, weights_of
@@ -57,6 +58,27 @@ class Mixture:
     corpus_tokens: float | None
     likelihood: str  # the fit's noise model, which the discrepancy shares
     nu: float
+    gps: list[Any] | None = None  # per part: its law's discrepancy process (discrepancy.Conditioned) or None
+
+    def gp_terms(self, N: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The structured discrepancy at points given per draw ``(draws, P)`` (or per point ``(P,)``):
+        its mean and variance on log loss ``(draws, P)``, and the noise left beside it per draw
+        ``(draws, 1)`` (None where no law has a process: the laws' own sigma stands)."""
+        shape = (self.size, np.shape(N)[-1])
+        m, v = np.zeros(shape), np.zeros(shape)
+        if not self.gps or all(g is None for g in self.gps):
+            return m, v, None
+        noise = np.full((self.size, 1), np.nan)
+        start = 0
+        for (_, _, idx), gp in zip(self.parts, self.gps, strict=True):
+            sl = slice(start, start + len(idx))
+            start += len(idx)
+            if gp is None:
+                continue
+            n_, d_ = (np.broadcast_to(x, shape)[sl] if np.ndim(x) == 2 else x for x in (N, D))
+            mm, vv = gp.at(n_, d_)
+            m[sl], v[sl], noise[sl] = mm, vv, gp.noise
+        return m, v, noise
 
     @property
     def size(self) -> int:
@@ -83,7 +105,7 @@ def mixture(idata: Posterior) -> Mixture:
     parts = [(law, law_view(idata, law), np.linspace(0, S - 1, n).round().astype(int))
              for law, n in zip(laws, counts, strict=True) if n > 0]
     rate = np.asarray(idata.posterior["discrepancy_rate"].values, float).reshape(-1)
-    return Mixture(parts, rate, *common)
+    return Mixture(parts, rate, *common, gps=[conditioned(idata, law, meta) for law, _, _ in parts])
 
 
 def param_draws(idata: Posterior, names: Sequence[str] | None = None, *, law: str | None = None
@@ -147,8 +169,11 @@ def _optimal_draws(mix: Mixture, C: np.ndarray, seed: int) -> dict[str, np.ndarr
             parts[k].append(np.asarray(out[k]))
     dr = {k: np.concatenate(v) for k, v in parts.items()}
     d = extrapolation_distance(dr["N_opt"], dr["D_opt"], mix.data, np.broadcast_to(C, dr["N_opt"].shape))
-    dr["loss"] = dr["loss"] * np.exp(noise_draws(_discrepancy_scale(mix, d), np.random.default_rng(seed),
-                                                 likelihood=mix.likelihood, nu=mix.nu))
+    m, v, _ = mix.gp_terms(dr["N_opt"], dr["D_opt"])
+    rng = np.random.default_rng(seed)
+    dr["loss"] = dr["loss"] * np.exp(m + np.sqrt(v) * rng.standard_normal(v.shape)
+                                     + noise_draws(_discrepancy_scale(mix, d), rng, likelihood=mix.likelihood,
+                                                   nu=mix.nu))
     dr["tokens_per_param"] = dr["D_opt"] / dr["N_opt"]
     dr["distance"] = d
     return dr
@@ -232,25 +257,30 @@ def predict_draws(
 
 
 def _log_mean_and_scale(mix: Mixture, N: np.ndarray, D: np.ndarray, C: np.ndarray | None, noise: bool
-                        ) -> tuple[np.ndarray, np.ndarray]:
-    """Every mixture draw's log-mean loss at each point and the scale of its error there, both
-    ``(draws, points)``: the discrepancy at the point's distance beyond the runs, and with
-    ``noise`` the observation noise too (they combine into one Student-t, or Gaussian, of scale
-    ``sqrt(sigma^2 + scale^2)``)."""
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every mixture draw's log-mean loss at each point and the two parts of its error there, all
+    ``(draws, points)``: the scale of the likelihood-shaped part (the rate discrepancy at the
+    point's distance beyond the runs, and with ``noise`` the observation noise: one Student-t, or
+    Gaussian, of scale ``sqrt(sigma^2 + scale^2)``), and the variance of the structured
+    discrepancy's Gaussian part (its mean is in the log-mean)."""
     mu = np.concatenate([np.log(np.asarray(loss(law, broadcast_draws(_law_params(view, law, idx)), N[None, :],
                                                 D[None, :]))) for law, view, idx in mix.parts])
+    m, v, gp_noise = mix.gp_terms(N, D)
     scale = _discrepancy_scale(mix, extrapolation_distance(N, D, mix.data, C))
     if noise:
-        sigma = np.concatenate([param_draws(view, ["sigma"])["sigma"][idx] for _, view, idx in mix.parts])
-        scale = np.sqrt(sigma[:, None] ** 2 + scale**2)
-    return mu, scale
+        sigma = np.concatenate([param_draws(view, ["sigma"])["sigma"][idx] for _, view, idx in mix.parts])[:, None]
+        if gp_noise is not None:  # a law with a discrepancy process: its noise is what the process leaves
+            sigma = np.where(np.isnan(gp_noise), sigma, gp_noise)
+        scale = np.sqrt(sigma**2 + scale**2)
+    return mu + m, scale, v
 
 
 def _predict_draws(mix: Mixture, N: np.ndarray, D: np.ndarray, C: np.ndarray | None, noise: bool,
                    seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    mu, scale = _log_mean_and_scale(mix, N, D, C, noise)
-    return np.exp(mu + noise_draws(scale, rng, likelihood=mix.likelihood, nu=mix.nu))
+    mu, scale, v = _log_mean_and_scale(mix, N, D, C, noise)
+    return np.exp(mu + np.sqrt(v) * rng.standard_normal(v.shape)
+                  + noise_draws(scale, rng, likelihood=mix.likelihood, nu=mix.nu))
 
 
 def log_predictive_density(idata: Posterior, N: Any, D: Any, loss_: Any, *, C: Any = None) -> np.ndarray:
@@ -271,8 +301,10 @@ def log_predictive_density(idata: Posterior, N: Any, D: Any, loss_: Any, *, C: A
     if y.shape != N.shape:
         raise InputError(f"{y.size} losses for {N.size} (N, D) points", field="loss")
     mix = mixture(idata)
-    mu, scale = _log_mean_and_scale(mix, N, D, None if C is None else _positive_array(C, "C"), True)
-    lp = noise_logpdf(y[None, :], mu, scale, mix.likelihood, mix.nu)
+    mu, scale, v = _log_mean_and_scale(mix, N, D, None if C is None else _positive_array(C, "C"), True)
+    # the structured discrepancy's Gaussian part joins the Student-t: one Student-t of the summed
+    # variance (the convolution has no closed form; see averaging.pointwise_log_density)
+    lp = noise_logpdf(y[None, :], mu, np.sqrt(scale**2 + v), mix.likelihood, mix.nu)
     return logsumexp(lp, axis=0) - np.log(lp.shape[0])
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ._idata import Posterior, read
+from .discrepancy import RESIDUAL
 from .errors import InputError
 
 META_KEY = "bayescale"
@@ -82,10 +83,11 @@ def law_view(idata: Posterior, law: str) -> Posterior:
     for name in idata.groups():
         ds = idata[name]
         mine = [v for v in ds.data_vars if str(v).startswith(prefix)]
-        if mine:
+        if name in ("observed_data", "constant_data"):  # the runs, and this law's own per-run data
+            common = [v for v in ds.data_vars if SEP not in str(v)]
+            groups[name] = ds[common + mine].rename({v: str(v)[len(prefix):] for v in mine})
+        elif mine:
             groups[name] = ds[mine].rename({v: str(v)[len(prefix):] for v in mine})
-        elif name in ("observed_data", "constant_data"):
-            groups[name] = ds
     view_meta = {k: v for k, v in meta.items() if k not in ("laws", "averaging")}
     view_meta.update(meta["laws"][law])
     view_meta["law"] = law
@@ -149,7 +151,9 @@ def group_view(idata: Posterior, group: str, *, seed: int = 0) -> Posterior:
             continue
         if mine is not None and "run" in ds.dims:
             ds = ds.isel(run=np.flatnonzero(mine))
-        out[name] = ds.drop_vars([v for v in ds.data_vars if str(v).rpartition(SEP)[2].startswith(GROUP_PREFIX)])
+        drop = [v for v in ds.data_vars if str(v).rpartition(SEP)[2].startswith(GROUP_PREFIX)
+                or (not seen and str(v).rpartition(SEP)[2] == RESIDUAL)]  # a new group has no residuals
+        out[name] = ds.drop_vars(drop)
     return Posterior(**out)
 
 

@@ -1,0 +1,124 @@
+"""The structured discrepancy: a Gaussian process on a law's residuals over (log10 N, log10 D)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.optimize import approx_fprime
+
+from bayescale.discrepancy import (
+    AMPLITUDE_PRIOR,
+    Conditioned,
+    ResidualGP,
+    _objective,
+    _squared_differences,
+    features,
+    fit_gp,
+    residuals,
+)
+
+
+def _smooth_residuals(n: int, seed: int, noise: float = 0.004) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs on a log grid of N and D, with a smooth misfit of about 2% plus noise."""
+    rng = np.random.default_rng(seed)
+    N = 10 ** rng.uniform(7, 9, n)
+    D = 10 ** rng.uniform(9, 11, n)
+    X = features(N, D)
+    f = 0.02 * np.sin(2.0 * X[:, 0]) * np.cos(1.5 * X[:, 1])
+    return X, f, f + noise * rng.standard_normal(n)
+
+
+@pytest.mark.parametrize("groups", [False, True])
+def test_objective_gradient_matches_finite_differences(groups):
+    X, _, r = _smooth_residuals(45, 0)
+    w = np.random.default_rng(1).uniform(0.3, 1.0, len(r))
+    g = np.repeat([0, 1, 2], 15) if groups else np.zeros(45, int)
+    parts = [(_squared_differences(X[g == k]), r[g == k], w[g == k]) for k in np.unique(g)]
+    for theta in (np.array([-3.5, -5.0, 0.1, -0.2]), np.array([-4.5, -4.0, -0.7, 0.6])):
+        f, grad = _objective(theta, parts)
+        num = approx_fprime(theta, lambda t: _objective(t, parts)[0], 1e-6)
+        np.testing.assert_allclose(grad, num, rtol=1e-4, atol=1e-3)
+
+
+def test_fit_recovers_a_smooth_misfit_and_its_noise():
+    X, f, r = _smooth_residuals(120, 2)
+    gp, w = fit_gp(X, r)
+    assert np.all(w == 1.0)  # Gaussian noise: no weights
+    assert 0.002 < gp.noise < 0.008  # the true noise is 0.004
+    assert 0.008 < gp.amplitude < 0.05  # the misfit's size is ~0.014 (sd of f over the runs)
+    # held-out points inside the runs: the process predicts the misfit far better than zero
+    Xt, ft, _ = _smooth_residuals(60, 3)
+    m, v = gp.predict(X, r, Xt)
+    assert np.sqrt(np.mean((m - ft) ** 2)) < 0.3 * np.sqrt(np.mean(ft**2))
+    assert np.all(v < gp.amplitude**2)
+
+
+def test_far_from_the_runs_the_process_is_its_prior():
+    X, _, r = _smooth_residuals(80, 4)
+    gp, _ = fit_gp(X, r)
+    far = np.array([[14.0, 16.0]])  # five decades beyond the runs in N and D
+    m, v = gp.predict(X, r, far)
+    assert abs(m[0]) < 1e-8
+    assert v[0] == pytest.approx(gp.amplitude**2, rel=1e-6)
+    # no runs at all: the prior everywhere
+    m0, v0 = gp.predict(X, None, X[:3])
+    assert np.all(m0 == 0) and np.allclose(v0, gp.amplitude**2)
+
+
+def test_groups_are_independent_processes():
+    X, _, r = _smooth_residuals(60, 5)
+    g = np.repeat(["a", "b"], 30)
+    gp, _ = fit_gp(X, r, g)
+    # a point of group b sees only group b's runs: changing group a's residuals leaves it alone
+    Xs = X[30:33] + 0.01
+    m1, v1 = gp.predict(X, r, Xs, group=g, group_s=np.array(["b"] * 3))
+    r2 = r.copy()
+    r2[:30] += 0.05
+    m2, v2 = gp.predict(X, r2, Xs, group=g, group_s=np.array(["b"] * 3))
+    np.testing.assert_allclose(m1, m2, atol=1e-12)
+    np.testing.assert_allclose(v1, v2, atol=1e-12)
+    # a group the runs do not have: the prior
+    m3, v3 = gp.predict(X, r, Xs, group=g, group_s=np.array(["c"] * 3))
+    assert np.all(m3 == 0) and np.allclose(v3, gp.amplitude**2)
+
+
+def test_student_t_process_ignores_gross_outliers():
+    """Runs 1.5-2.5x off (diverged, wrong units) get almost no weight, and the process and its noise
+    stay near what the clean runs give; the Gaussian process is bent by them."""
+    X, f, r = _smooth_residuals(120, 6)
+    clean, _ = fit_gp(X, r, likelihood="student_t", nu=4.0)
+    bad = r.copy()
+    out = np.arange(0, 120, 20)  # 6 outliers, 5%
+    bad[out] += np.log(np.linspace(1.5, 2.5, len(out)))
+    robust, w = fit_gp(X, bad, likelihood="student_t", nu=4.0)
+    gauss, _ = fit_gp(X, bad)
+    assert np.all(w[out] < 0.05) and np.median(np.delete(w, out)) > 0.8
+    assert robust.noise < 1.5 * clean.noise
+    assert gauss.noise > 5 * clean.noise
+    Xt, ft, _ = _smooth_residuals(60, 7)
+    m, _ = robust.predict(X, bad, Xt, weights=w)
+    assert np.sqrt(np.mean((m - ft) ** 2)) < 0.4 * np.sqrt(np.mean(ft**2))
+
+
+def test_amplitude_prior_keeps_a_featureless_misfit_small():
+    """Pure noise: the process finds no structure (amplitude well below its prior scale)."""
+    rng = np.random.default_rng(8)
+    X = features(10 ** rng.uniform(7, 9, 100), 10 ** rng.uniform(9, 11, 100))
+    gp, _ = fit_gp(X, 0.005 * rng.standard_normal(100))
+    assert gp.amplitude < 0.2 * AMPLITUDE_PRIOR
+    assert gp.noise == pytest.approx(0.005, rel=0.25)
+
+
+def test_conditioned_broadcasts_and_residuals_average_draws():
+    X, _, r = _smooth_residuals(40, 9)
+    gp = ResidualGP(0.02, 0.004, (0.7, 0.9))
+    c = Conditioned(gp, X, r)
+    N = 10 ** np.full((5, 3), 8.0)
+    D = 10 ** np.full((5, 3), 10.0)
+    m, v = c.at(N, D)
+    assert m.shape == v.shape == (5, 3)
+    assert np.allclose(m, m[0, 0]) and np.allclose(v, v[0, 0])
+    assert ResidualGP.from_json(gp.to_json()) == gp
+    mu = np.array([[1.0, 2.0], [3.0, 4.0]])
+    np.testing.assert_allclose(residuals(np.array([2.0, 3.0]), mu), [0.0, 0.0])
+    np.testing.assert_allclose(residuals(np.array([2.0, 3.0]), mu, np.log([0.75, 0.25])), [0.5, 0.5])
