@@ -236,7 +236,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     cfg = FitConfig(law=args.law or AVERAGED, chains=args.chains, warmup=args.warmup, draws=args.draws,
                     seed=args.seed, likelihood=args.likelihood, nu=args.nu, target_accept=args.target_accept,
                     priors=_parse_priors(args), pool=tuple(args.pool or ()), share=tuple(args.share or ()),
-                    separate=tuple(args.separate or ()))
+                    separate=tuple(args.separate or ()), structured_discrepancy=not args.no_structured_discrepancy)
     if existing is not None and not args.force and len(runs) >= MIN_RUNS:  # fewer: fit refuses before sampling
         _check_priors(runs, cfg)
         # decided before sampling: a refusal costs nothing
@@ -278,7 +278,8 @@ def _posterior_summary(idata: Any) -> dict[str, Any]:
     if meta["law"] != AVERAGED:
         return {"params": param_summary(idata), "compute_optimal": expo, **grouped}
     laws = {law: {"weight": meta["laws"][law]["weight"], "params": param_summary(idata, law=law),
-                  "lfo": meta["laws"][law]["lfo"]} for law in laws_of(idata)}
+                  "lfo": meta["laws"][law]["lfo"], "discrepancy_gp": meta["laws"][law].get("discrepancy_gp")}
+            for law in laws_of(idata)}
     params = {f"{law}.{k}": v for law, d in laws.items() for k, v in d["params"].items()}
     av = meta["averaging"]
     disc = av["discrepancy"]
@@ -347,6 +348,13 @@ def _print_posterior(res: dict[str, Any]) -> None:
         r = av["discrepancy_rate"]
         print(f"model discrepancy: {100 * r['mean']:.2f}% of the loss per decade beyond the runs "
               f"(90% [{100 * r['q05']:.2f}%, {100 * r['q95']:.2f}%]; prior {r['prior']})")
+        gp_rows = [[law, f"{100 * g['amplitude']:.2f}%", f"{100 * g['noise']:.2f}%",
+                    f"{g['length_scales'][0]:.2f}", f"{g['length_scales'][1]:.2f}"]
+                   for law, d in res["laws"].items() if (g := d.get("discrepancy_gp"))]
+        if gp_rows:
+            print("structured discrepancy (each law's misfit over log10 N, log10 D, a Gaussian process on its "
+                  "residuals; the noise is what it leaves):")
+            print(_table(gp_rows, ["law", "misfit sd", "noise", "length N (decades)", "length D (decades)"]))
         for law, d in res["laws"].items():
             print(f"\n{law} law (weight {d['weight']:.3f}):")
             print(_table([row(k, v) for k, v in d["params"].items()], ph))
@@ -732,6 +740,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--likelihood", choices=["student_t", "gaussian"], default="student_t",
                    help="noise on log loss: Student-t (robust to the odd bad run) or Gaussian")
     f.add_argument("--nu", type=_positive_float, default=4.0, help="Student-t degrees of freedom (default 4)")
+    f.add_argument("--no-structured-discrepancy", action="store_true",
+                   help="averaged fits: leave out each law's Gaussian-process misfit over (log N, log D) "
+                        "(only the discrepancy growing with distance beyond the runs remains)")
     f.add_argument("--target-accept", type=float, default=0.9,
                    help="NUTS target acceptance probability; raise it (e.g. 0.95-0.99) against divergences")
     f.add_argument("--prior", action="append", metavar="NAME=DIST",

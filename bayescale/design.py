@@ -551,18 +551,17 @@ class DesignDraws:
     total: int  # draws in the posterior before thinning
     gps: list[Any] | None = None  # per part: its law's discrepancy process (discrepancy.Conditioned) or None
 
-    def gp_terms(self, N: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The structured discrepancy's mean and variance at points ``(P,)`` per draw, ``(P, M)``,
-        and each draw's noise ``(M,)`` (the process's where its law has one, else the law's sigma)."""
-        m, v, noise = np.zeros((len(N), self.M)), np.zeros((len(N), self.M)), self.sigma.copy()
+    def gp_terms(self, N: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The structured discrepancy's mean and variance at points ``(P,)`` per draw, ``(P, M)``."""
+        m, v = np.zeros((len(N), self.M)), np.zeros((len(N), self.M))
         start = 0
         for (_, p), gp in zip(self.parts, self.gps or [None] * len(self.parts), strict=True):
             sl = slice(start, start + len(next(iter(p.values()))))
             start = sl.stop
             if gp is not None:
                 mm, vv = gp.at(N, D)
-                m[:, sl], v[:, sl], noise[sl] = mm[:, None], vv[:, None], gp.noise
-        return m, v, noise
+                m[:, sl], v[:, sl] = mm[:, None], vv[:, None]
+        return m, v
 
     @property
     def M(self) -> int:
@@ -627,8 +626,9 @@ def predictive_params(dr: DesignDraws, N: np.ndarray, D: np.ndarray) -> tuple[np
     mu = np.concatenate([np.log(np.asarray(loss(law, broadcast_draws(p), N[None, :], D[None, :]))) for law, p in
                          dr.parts]).T
     disc = _discrepancy(dr, extrapolation_distance(N, D, dr.data))
-    m, v, noise = dr.gp_terms(N, D)
-    return mu + m, np.sqrt(noise[None, :] ** 2 + disc**2 + v)
+    # the laws' own likelihood (sigma), without their misfit processes: what a refit with the new run
+    # updates is each law's posterior, under that likelihood (the processes are refitted after it)
+    return mu, np.sqrt(dr.sigma[None, :] ** 2 + disc**2)
 
 
 def objective_draws(dr: DesignDraws, objective: str, *, target_compute: float | None = None,
@@ -641,6 +641,7 @@ def objective_draws(dr: DesignDraws, objective: str, *, target_compute: float | 
     draws it.
     """
     from .averaging import extrapolation_distance, noise_draws
+    from .discrepancy import gaussian_draws
     from .laws import broadcast_draws, compute_optimal, loss
 
     if objective == "params":
@@ -654,9 +655,9 @@ def objective_draws(dr: DesignDraws, objective: str, *, target_compute: float | 
         mu = np.concatenate([np.log(np.asarray(loss(law, broadcast_draws(p), N[None, :], D[None, :])))
                              for law, p in dr.parts])
         d = extrapolation_distance(N, D, dr.data)
-        m, v, _ = dr.gp_terms(N, D)
-        return (mu + m.T + np.sqrt(v.T) * rng.standard_normal(mu.shape)
-                + noise_draws(_discrepancy(dr, d).T, rng, likelihood=dr.likelihood, nu=dr.nu))
+        m, v = dr.gp_terms(N, D)
+        return mu + m.T + gaussian_draws(v.T, rng) + noise_draws(_discrepancy(dr, d).T, rng, likelihood=dr.likelihood,
+                                                               nu=dr.nu)
     if target_compute is None:
         raise InputError(f"the {objective} objective needs a budget (--target-compute C)", field="--target-compute")
     C = np.array([float(target_compute)])
@@ -670,7 +671,7 @@ def objective_draws(dr: DesignDraws, objective: str, *, target_compute: float | 
         d = extrapolation_distance(out["N_opt"][:, 0], out["D_opt"][:, 0], dr.data)
         scale = np.zeros((dr.M, 1)) if dr.rate is None else (dr.rate * d)[:, None]
         m, v = _gp_at_draws(dr, out["N_opt"][:, 0], out["D_opt"][:, 0])
-        return (np.log(out["loss"]) + (m + np.sqrt(v) * rng.standard_normal(dr.M))[:, None]
+        return (np.log(out["loss"]) + (m + gaussian_draws(v, rng))[:, None]
                 + noise_draws(scale, rng, likelihood=dr.likelihood, nu=dr.nu))
     raise InputError(f"unknown objective {objective!r}; expected one of {', '.join(OBJECTIVES)}", field="--objective")
 

@@ -221,6 +221,12 @@ class Conditioned:
         return self.gp.noise
 
 
+def gaussian_draws(v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Draws of the process's part of a prediction, of variance ``v`` (nothing drawn where there is
+    none, so that a posterior without a process gives the draws it gave before processes existed)."""
+    return np.sqrt(v) * rng.standard_normal(v.shape) if np.any(v) else np.zeros_like(v)
+
+
 RESIDUAL = "gp_residual"  # constant_data variable (LAW.gp_residual in an averaged file): a run's residual
 WEIGHT = "gp_weight"  # ... and its robustness weight
 

@@ -27,7 +27,7 @@ from . import (
 )
 from ._idata import Posterior
 from .averaging import DataRange, extrapolation_distance, mixture_counts, noise_draws
-from .discrepancy import conditioned
+from .discrepancy import conditioned, gaussian_draws
 from .errors import InputError
 from .laws import EXPONENTS, PARAM_NAMES, broadcast_draws, compute_optimal, loss
 from .store import AVERAGED, law_view, laws_of, metadata, weights_of
@@ -171,7 +171,7 @@ def _optimal_draws(mix: Mixture, C: np.ndarray, seed: int) -> dict[str, np.ndarr
     d = extrapolation_distance(dr["N_opt"], dr["D_opt"], mix.data, np.broadcast_to(C, dr["N_opt"].shape))
     m, v, _ = mix.gp_terms(dr["N_opt"], dr["D_opt"])
     rng = np.random.default_rng(seed)
-    dr["loss"] = dr["loss"] * np.exp(m + np.sqrt(v) * rng.standard_normal(v.shape)
+    dr["loss"] = dr["loss"] * np.exp(m + gaussian_draws(v, rng)
                                      + noise_draws(_discrepancy_scale(mix, d), rng, likelihood=mix.likelihood,
                                                    nu=mix.nu))
     dr["tokens_per_param"] = dr["D_opt"] / dr["N_opt"]
@@ -279,8 +279,7 @@ def _predict_draws(mix: Mixture, N: np.ndarray, D: np.ndarray, C: np.ndarray | N
                    seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     mu, scale, v = _log_mean_and_scale(mix, N, D, C, noise)
-    return np.exp(mu + np.sqrt(v) * rng.standard_normal(v.shape)
-                  + noise_draws(scale, rng, likelihood=mix.likelihood, nu=mix.nu))
+    return np.exp(mu + gaussian_draws(v, rng) + noise_draws(scale, rng, likelihood=mix.likelihood, nu=mix.nu))
 
 
 def log_predictive_density(idata: Posterior, N: Any, D: Any, loss_: Any, *, C: Any = None) -> np.ndarray:

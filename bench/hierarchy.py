@@ -65,11 +65,13 @@ def held_out_scores(idata: Any, test: pd.DataFrame) -> dict[str, Any]:
     """Predictive medians, 90% intervals and log densities of the held-out rows, group by group.
 
     Each group's predictive is what ``predict --group G`` draws (one law, or the averaged family
-    with its discrepancy at the row's distance beyond the group's runs), plus the row's own
+    with each law's misfit process and the discrepancy at the row's distance beyond the group's
+    runs), plus the row's own
     measurement error beside the noise, as the likelihood has it."""
     from scipy.special import logsumexp
 
     from bayescale.averaging import noise_draws, noise_logpdf
+    from bayescale.discrepancy import gaussian_draws
     from bayescale.inference import measurement_se
     from bayescale.posterior import _log_mean_and_scale, mixture
     from bayescale.store import group_view
@@ -81,12 +83,13 @@ def held_out_scores(idata: Any, test: pd.DataFrame) -> dict[str, Any]:
     for g, idx in test.groupby("group").indices.items():
         rows = test.iloc[idx]
         mix = mixture(group_view(idata, g))
-        mu, scale = _log_mean_and_scale(mix, rows.N.to_numpy(float), rows.D.to_numpy(float), None, True)
+        mu, scale, v = _log_mean_and_scale(mix, rows.N.to_numpy(float), rows.D.to_numpy(float), None, True)
         if se is not None:
             scale = np.sqrt(scale**2 + se[idx] ** 2)
-        draws = np.exp(mu + noise_draws(scale, rng, likelihood=mix.likelihood, nu=mix.nu))
+        draws = np.exp(mu + gaussian_draws(v, rng) + noise_draws(scale, rng, likelihood=mix.likelihood, nu=mix.nu))
         q05[idx], q50[idx], q95[idx] = np.quantile(draws, [0.05, 0.5, 0.95], axis=0)
-        lp = noise_logpdf(np.log(rows.loss.to_numpy(float))[None, :], mu, scale, mix.likelihood, mix.nu)
+        lp = noise_logpdf(np.log(rows.loss.to_numpy(float))[None, :], mu, np.sqrt(scale**2 + v), mix.likelihood,
+                          mix.nu)
         lpd[idx] = logsumexp(lp, axis=0) - np.log(lp.shape[0])
     y = test.loss.to_numpy(float)
     err = np.abs(q50 / y - 1)
