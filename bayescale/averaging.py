@@ -320,7 +320,8 @@ class Fold:
 
 
 def forward_folds(runs: Any, law: str, config: Any, rng_key: Any, *, quiet: bool = True,
-                  warm_start: Any = None, progress: str | None = None) -> tuple[list[float], list[Fold]]:
+                  warm_start: Any = None, progress: str | None = None, gp_start: Any = None
+                  ) -> tuple[list[float], list[Fold]]:
     """Leave-future-out predictions of ``law`` at the cut points of ``runs``.
 
     The first cut is an exact refit of the runs below it (priors anchored on those runs, as a
@@ -330,7 +331,9 @@ def forward_folds(runs: Any, law: str, config: Any, rng_key: Any, *, quiet: bool
     from ``warm_start`` (the full fit's chains and adaptation) where given. A grouped table is
     refitted grouped (every group's law scores its own runs), with runs' measurement errors
     where the table has them. ``progress`` (the law's stage label) shows a progress line on
-    stderr for each exact refit ("LABEL, forward cut 2/3"); None shows none.
+    stderr for each exact refit ("LABEL, forward cut 2/3"); None shows none. With
+    ``config.structured_discrepancy`` each cut's law gets its misfit process, fitted to the runs
+    below the cut (from ``gp_start``, the full table's process, where given).
     """
     import jax
 
@@ -369,15 +372,16 @@ def forward_folds(runs: Any, law: str, config: Any, rng_key: Any, *, quiet: bool
             flat = {s: v.reshape(-1, *v.shape[2:]) for s, v in draws.samples.items()}
             ref, lw = (m, flat, anchors), None
         fut = np.flatnonzero(~m)
-        mu = log_mean_draws(law, ref[1], lN[fut], lD[fut], ref[2], group=at(gi, fut))  # (S, n)
+        # at every run (one shape for every cut: the jitted law compiles once), then split
+        mu_all = log_mean_draws(law, ref[1], lN, lD, ref[2], group=gi)  # (S, runs)
+        mu = mu_all[:, fut]
         sigma = ref[1]["sigma"][:, None] if gi is None else ref[1]["g_sigma"][:, gi[fut]]
         gp_rec = None
         if config.structured_discrepancy:  # the misfit learned below the cut, carried to the runs above
             fitted = np.flatnonzero(m)
-            r = residuals(ly[fitted], log_mean_draws(law, ref[1], lN[fitted], lD[fitted], ref[2],
-                                                     group=at(gi, fitted)), lw)
+            r = residuals(ly[fitted], mu_all[:, fitted], lw)
             X = features(N[fitted], D[fitted])
-            gp, w = fit_gp(X, r, at(gi, fitted), likelihood=config.likelihood, nu=config.nu)
+            gp, w = fit_gp(X, r, at(gi, fitted), likelihood=config.likelihood, nu=config.nu, start=gp_start)
             shift, var = gp.predict(X, r, features(N[fut], D[fut]), group=at(gi, fitted), group_s=at(gi, fut),
                                     weights=w)
             mu = mu + shift
@@ -480,7 +484,7 @@ def fit_family(runs: Any, config: Any, *, quiet: bool = False, source: str | Non
     laws = list(config.family)
     t0 = time.perf_counter()
     key = jax.random.PRNGKey(config.seed)
-    fits, folds, cuts = {}, {}, []
+    fits, folds, cuts, gps = {}, {}, [], {}
     per_law = {law: replace(config, law=law, priors=tuple(law_overrides(law, dict(config.priors), tuple(laws)).items()))
                for law in laws}  # every override checked before any fitting
     for j, law in enumerate(laws):
@@ -488,11 +492,12 @@ def fit_family(runs: Any, config: Any, *, quiet: bool = False, source: str | Non
         stage = f"{law} law {j + 1}/{len(laws)}" if progress else None
         fits[law] = fit_law(runs, law, per_law[law], k_fit, quiet=quiet, family=tuple(laws),
                             progress=None if stage is None else f"{stage}, all runs")
+        if config.structured_discrepancy:
+            gps[law] = _discrepancy_process(runs, fits[law], config)
         cuts, folds[law] = forward_folds(runs, law, per_law[law], k_lfo, quiet=quiet, warm_start=fits[law].adapted,
-                                         progress=stage)
+                                         progress=stage, gp_start=gps[law][0] if law in gps else None)
     cal = calibrate(laws, np.log(runs["loss"].to_numpy(float)), folds, likelihood=config.likelihood, nu=config.nu,
                     independent=config.structured_discrepancy)
-    gps = _discrepancy_processes(runs, fits, config) if config.structured_discrepancy else {}
     rng = np.random.default_rng(config.seed)
     shape = fits[laws[0]].diverging.shape
     groups: dict[str, dict[str, np.ndarray]] = {}
@@ -545,22 +550,17 @@ def fit_family(runs: Any, config: Any, *, quiet: bool = False, source: str | Non
     return idata
 
 
-def _discrepancy_processes(runs: Any, fits: dict[str, Any], config: Any
-                           ) -> dict[str, tuple[Any, np.ndarray, np.ndarray]]:
-    """Each law's discrepancy process (:mod:`bayescale.discrepancy`) fitted to its residuals from
-    the full-data posterior mean, with those residuals (a grouped fit's by each run's group) and
-    the runs' robustness weights."""
+def _discrepancy_process(runs: Any, fit: Any, config: Any) -> tuple[Any, np.ndarray, np.ndarray]:
+    """A law's discrepancy process (:mod:`bayescale.discrepancy`) fitted to its residuals from its
+    full-data posterior mean, with those residuals (a grouped fit's by each run's group) and the
+    runs' robustness weights."""
     from .discrepancy import features, fit_gp, residuals
     from .inference import log_mean_draws
 
     N, D = runs["N"].to_numpy(float), runs["D"].to_numpy(float)
     ly = np.log(runs["loss"].to_numpy(float))
-    X = features(N, D)
-    out = {}
-    for law, f in fits.items():
-        gi = None if f.groups_ is None or f.groups_.pooling is None else f.groups_.index
-        flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in f.samples.items()}
-        r = residuals(ly, log_mean_draws(law, flat, np.log(N), np.log(D), f.anchors, group=gi))
-        gp, w = fit_gp(X, r, gi, likelihood=config.likelihood, nu=config.nu)
-        out[law] = (gp, r, w)
-    return out
+    gi = None if fit.groups_ is None or fit.groups_.pooling is None else fit.groups_.index
+    flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in fit.samples.items()}
+    r = residuals(ly, log_mean_draws(fit.law, flat, np.log(N), np.log(D), fit.anchors, group=gi))
+    gp, w = fit_gp(features(N, D), r, gi, likelihood=config.likelihood, nu=config.nu)
+    return gp, r, w
