@@ -10,8 +10,10 @@ One NetCDF file (``arviz.from_netcdf`` opens it; bayescale reads it without Arvi
   :func:`bayescale.inference.with_log_likelihood` recomputes it from the draws.
 * **the law family, averaged** (``bayescale fit``, the default): the same groups, with every
   law's variables named ``LAW.NAME`` (``kaplan.alpha_N``, ``chinchilla.diverging``), plus
-  ``posterior.discrepancy_rate``, the draws of the model-discrepancy rate. The weights, the
-  forward-validation cuts and scores live in the metadata.
+  ``posterior.discrepancy_rate``, the draws of the model-discrepancy rate, and per run each law's
+  residual and robustness weight for its misfit process (``constant_data.LAW.gp_residual``,
+  ``LAW.gp_weight``; :mod:`bayescale.discrepancy`). The weights, the forward-validation cuts and
+  scores and each process's hyperparameters live in the metadata.
 
 ``posterior.attrs["bayescale"]`` holds the metadata as JSON: the law (or ``"averaged"``), data
 source and filter, pivots, priors, sampler options and library versions, so that every later
