@@ -316,7 +316,6 @@ class Fold:
     log_weights: np.ndarray | None  # PSIS weights of the draws (None: an exact refit)
     method: str  # "exact" or "psis"
     pareto_k: float | None  # of the PSIS weights, where tried
-    gp: dict[str, Any] | None = None  # the structured discrepancy fitted below the cut (mu, sigma include it)
 
 
 def forward_folds(runs: Any, law: str, config: Any, rng_key: Any, *, quiet: bool = True,
@@ -376,7 +375,6 @@ def forward_folds(runs: Any, law: str, config: Any, rng_key: Any, *, quiet: bool
         mu_all = log_mean_draws(law, ref[1], lN, lD, ref[2], group=gi)  # (S, runs)
         mu = mu_all[:, fut]
         sigma = ref[1]["sigma"][:, None] if gi is None else ref[1]["g_sigma"][:, gi[fut]]
-        gp_rec = None
         if config.structured_discrepancy:  # the misfit learned below the cut, carried to the runs above
             fitted = np.flatnonzero(m)
             r = residuals(ly[fitted], mu_all[:, fitted], lw)
@@ -386,12 +384,11 @@ def forward_folds(runs: Any, law: str, config: Any, rng_key: Any, *, quiet: bool
                                     weights=w)
             mu = mu + shift
             sigma = np.sqrt(gp.noise**2 + var)[None, :]
-            gp_rec = gp.to_json()
         if se is not None:
             sigma = np.sqrt(sigma**2 + se[fut] ** 2)
         sigma = np.broadcast_to(sigma, mu.shape)
         d = extrapolation_distance(N[fut], D[fut], DataRange.of(N[m], D[m], C[m]), C[fut])
-        folds.append(Fold(float(c), int(m.sum()), fut, mu, sigma, d, lw, method, khat, gp_rec))
+        folds.append(Fold(float(c), int(m.sum()), fut, mu, sigma, d, lw, method, khat))
         if not quiet:
             how = "refit" if method == "exact" else f"PSIS, k={khat:.2f}"
             print(f"  {law}: cut at C = {c:.3g}: {m.sum()} runs fitted, {len(fut)} scored ({how})",

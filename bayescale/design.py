@@ -552,16 +552,12 @@ class DesignDraws:
     gps: list[Any] | None = None  # per part: its law's discrepancy process (discrepancy.Conditioned) or None
 
     def gp_terms(self, N: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The structured discrepancy's mean and variance at points ``(P,)`` per draw, ``(P, M)``."""
-        m, v = np.zeros((len(N), self.M)), np.zeros((len(N), self.M))
-        start = 0
-        for (_, p), gp in zip(self.parts, self.gps or [None] * len(self.parts), strict=True):
-            sl = slice(start, start + len(next(iter(p.values()))))
-            start = sl.stop
-            if gp is not None:
-                mm, vv = gp.at(N, D)
-                m[:, sl], v[:, sl] = mm[:, None], vv[:, None]
-        return m, v
+        """The structured discrepancy's mean and variance per draw, ``(M, P)``, at points ``(P,)``
+        or per draw ``(M, P)`` (:func:`bayescale.discrepancy.by_part`)."""
+        from .discrepancy import by_part
+
+        return by_part(self.gps or [None] * len(self.parts), [len(next(iter(p.values()))) for _, p in self.parts],
+                       N, D)
 
     @property
     def M(self) -> int:
@@ -597,17 +593,6 @@ def design_draws(idata: Any, max_draws: int = MAX_DRAWS) -> DesignDraws:
     cd = idata.constant_data
     N, D, C = (np.asarray(cd[k].values, float) for k in ("N", "D", "C"))
     return DesignDraws(parts, np.concatenate(sig), rate, mix.data, mix.likelihood, mix.nu, N, D, C, total, gps)
-
-
-def _gp_at_draws(dr: DesignDraws, N: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The structured discrepancy's mean and variance at one point per draw (``N``, ``D``: ``(M,)``)."""
-    m, v, start = np.zeros(dr.M), np.zeros(dr.M), 0
-    for (_, p), gp in zip(dr.parts, dr.gps or [None] * len(dr.parts), strict=True):
-        sl = slice(start, start + len(next(iter(p.values()))))
-        start = sl.stop
-        if gp is not None:
-            m[sl], v[sl] = gp.at(N[sl], D[sl])
-    return m, v
 
 
 def _discrepancy(dr: DesignDraws, d: np.ndarray) -> np.ndarray:
@@ -656,8 +641,8 @@ def objective_draws(dr: DesignDraws, objective: str, *, target_compute: float | 
                              for law, p in dr.parts])
         d = extrapolation_distance(N, D, dr.data)
         m, v = dr.gp_terms(N, D)
-        return mu + m.T + gaussian_draws(v.T, rng) + noise_draws(_discrepancy(dr, d).T, rng, likelihood=dr.likelihood,
-                                                               nu=dr.nu)
+        return mu + m + gaussian_draws(v, rng) + noise_draws(_discrepancy(dr, d).T, rng, likelihood=dr.likelihood,
+                                                             nu=dr.nu)
     if target_compute is None:
         raise InputError(f"the {objective} objective needs a budget (--target-compute C)", field="--target-compute")
     C = np.array([float(target_compute)])
@@ -670,9 +655,9 @@ def objective_draws(dr: DesignDraws, objective: str, *, target_compute: float | 
     if objective == "loss_opt":
         d = extrapolation_distance(out["N_opt"][:, 0], out["D_opt"][:, 0], dr.data)
         scale = np.zeros((dr.M, 1)) if dr.rate is None else (dr.rate * d)[:, None]
-        m, v = _gp_at_draws(dr, out["N_opt"][:, 0], out["D_opt"][:, 0])
-        return (np.log(out["loss"]) + (m + gaussian_draws(v, rng))[:, None]
-                + noise_draws(scale, rng, likelihood=dr.likelihood, nu=dr.nu))
+        m, v = dr.gp_terms(out["N_opt"], out["D_opt"])  # (M, 1): each draw's own optimum
+        return np.log(out["loss"]) + m + gaussian_draws(v, rng) + noise_draws(scale, rng, likelihood=dr.likelihood,
+                                                                               nu=dr.nu)
     raise InputError(f"unknown objective {objective!r}; expected one of {', '.join(OBJECTIVES)}", field="--objective")
 
 

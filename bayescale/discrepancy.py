@@ -182,8 +182,8 @@ def fit_gp(X: np.ndarray, r: np.ndarray, group: np.ndarray | None = None, *, lik
     for it in range(1 + (iterations if likelihood == "student_t" else 0)):
         parts = [(q, r[idx], w[idx]) for q, idx in zip(sq, blocks, strict=True)]
         best = None
-        for start in starts:
-            res = minimize(_objective, start, args=(parts,), jac=True, method="L-BFGS-B", bounds=_BOUNDS)
+        for x0 in starts:
+            res = minimize(_objective, x0, args=(parts,), jac=True, method="L-BFGS-B", bounds=_BOUNDS)
             if best is None or res.fun < best.fun:
                 best = res
         la, ls, ln, ld = best.x
@@ -191,16 +191,10 @@ def fit_gp(X: np.ndarray, r: np.ndarray, group: np.ndarray | None = None, *, lik
         if it == iterations or likelihood != "student_t" or (prev is not None and np.max(np.abs(best.x - prev)) < tol):
             break
         prev = best.x
-        m, v = _posterior_at_runs(gp, X, r, group, w)
+        m, v = gp.predict(X, r, X, group=group, group_s=group, weights=w)  # f at the runs themselves
         w = (nu + 1.0) / (nu + ((r - m) ** 2 + v) / gp.noise**2)
         starts = [best.x]  # later EM steps move little: start from the last mode
     return gp, w
-
-
-def _posterior_at_runs(gp: ResidualGP, X: np.ndarray, r: np.ndarray, group: np.ndarray | None,
-                       w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and variance of ``f`` at the runs themselves."""
-    return gp.predict(X, r, X, group=group, group_s=group, weights=w)
 
 
 def residuals(y_log: np.ndarray, mu: np.ndarray, log_weights: np.ndarray | None = None) -> np.ndarray:
@@ -230,6 +224,21 @@ class Conditioned:
     @property
     def noise(self) -> float:
         return self.gp.noise
+
+
+def by_part(gps: list[Conditioned | None], sizes: list[int], N: Any, D: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of the misfit for draws made of consecutive parts (one law each, ``sizes``
+    draws, its process or None), ``(draws, P)``, at points shared by every draw (``N``, ``D``:
+    ``(P,)``) or given per draw (``(draws, P)``). A part with no process adds nothing."""
+    shape = (sum(sizes), np.shape(N)[-1])
+    m, v = np.zeros(shape), np.zeros(shape)
+    start = 0
+    for size, gp in zip(sizes, gps, strict=True):
+        sl = slice(start, start + size)
+        start += size
+        if gp is not None:
+            m[sl], v[sl] = gp.at(*(x[sl] if np.ndim(x) == 2 else x for x in (N, D)))
+    return m, v
 
 
 def gaussian_draws(v: np.ndarray, rng: np.random.Generator) -> np.ndarray:

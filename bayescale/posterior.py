@@ -27,7 +27,7 @@ from . import (
 )
 from ._idata import Posterior
 from .averaging import DataRange, extrapolation_distance, mixture_counts, noise_draws
-from .discrepancy import conditioned, gaussian_draws
+from .discrepancy import by_part, conditioned, gaussian_draws
 from .errors import InputError
 from .laws import EXPONENTS, PARAM_NAMES, broadcast_draws, compute_optimal, loss
 from .store import AVERAGED, law_view, laws_of, metadata, weights_of
@@ -64,20 +64,12 @@ class Mixture:
         """The structured discrepancy at points given per draw ``(draws, P)`` (or per point ``(P,)``):
         its mean and variance on log loss ``(draws, P)``, and the noise left beside it per draw
         ``(draws, 1)`` (None where no law has a process: the laws' own sigma stands)."""
-        shape = (self.size, np.shape(N)[-1])
-        m, v = np.zeros(shape), np.zeros(shape)
-        if not self.gps or all(g is None for g in self.gps):
+        gps = self.gps or [None] * len(self.parts)
+        m, v = by_part(gps, [len(idx) for _, _, idx in self.parts], N, D)
+        if all(g is None for g in gps):
             return m, v, None
-        noise = np.full((self.size, 1), np.nan)
-        start = 0
-        for (_, _, idx), gp in zip(self.parts, self.gps, strict=True):
-            sl = slice(start, start + len(idx))
-            start += len(idx)
-            if gp is None:
-                continue
-            n_, d_ = (np.broadcast_to(x, shape)[sl] if np.ndim(x) == 2 else x for x in (N, D))
-            mm, vv = gp.at(n_, d_)
-            m[sl], v[sl], noise[sl] = mm, vv, gp.noise
+        noise = np.concatenate([np.full(len(idx), np.nan if g is None else g.noise)
+                                for (_, _, idx), g in zip(self.parts, gps, strict=True)])[:, None]
         return m, v, noise
 
     @property

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ._idata import Posterior, read
-from .discrepancy import RESIDUAL
+from .discrepancy import RESIDUAL, WEIGHT
 from .errors import InputError
 
 META_KEY = "bayescale"
@@ -154,7 +154,7 @@ def group_view(idata: Posterior, group: str, *, seed: int = 0) -> Posterior:
         if mine is not None and "run" in ds.dims:
             ds = ds.isel(run=np.flatnonzero(mine))
         drop = [v for v in ds.data_vars if str(v).rpartition(SEP)[2].startswith(GROUP_PREFIX)
-                or (not seen and str(v).rpartition(SEP)[2] == RESIDUAL)]  # a new group has no residuals
+                or (not seen and str(v).rpartition(SEP)[2] in (RESIDUAL, WEIGHT))]  # a new group has no residuals
         out[name] = ds.drop_vars(drop)
     return Posterior(**out)
 
