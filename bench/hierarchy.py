@@ -11,7 +11,10 @@ Data: Gadre et al. 2024 (``../shared/data/gadre2024-overtraining``), in long for
 parameters, each loss with its 95% measurement interval (which enters the likelihood). Every
 model below 1e9 parameters is fitted; the 1.4B and 6.9B models are predicted (72 held-out
 losses). Printed for each pooling (``pooled``: the default; ``one``: ``--share all``, one law for
-all groups; ``separate``: ``--separate all``):
+all groups; ``separate``: ``--separate all``; two variants, run only when named in ``--poolings``:
+``amplitudes-separate``, where each group's law sits separate and its exponents and noise pooled,
+and ``exponents-separate``, the reverse; ``--factors dataset eval_set`` pools the groups as two
+crossed factors instead of 24 exchangeable groups):
 
 * median relative error of the predictive median on ``c4_val`` and on all 72;
 * the share of the 72 inside their 90% predictive intervals;
@@ -43,7 +46,13 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 EVAL_SETS = ("c4_val", "openlm", "paloma_c4_en", "paloma_dolma_100_programing_languages",
              "paloma_falcon-refinedweb", "paloma_ptb", "paloma_redpajama", "de-en")
-POOLINGS = {"pooled": {}, "one": {"share": ("all",)}, "separate": {"separate": ("all",)}}
+POOLINGS = {"pooled": {}, "one": {"share": ("all",)}, "separate": {"separate": ("all",)},
+            # variants (not run unless named in --poolings): where each group's law sits (the loss
+            # at the pivot and the reducible terms' shares) separate, the rest pooled; and the
+            # exponents separate, the rest pooled
+            "amplitudes-separate": {"separate": ("L0", "A", "B", "E", "N_c")},
+            "exponents-separate": {"separate": ("alpha", "beta", "alpha_N", "alpha_D")}}
+DEFAULT_POOLINGS = ("pooled", "one", "separate")
 FACTORS = ()  # the groups are the (dataset, eval_set) combinations, exchangeable (as `--group dataset,eval_set`)
 
 
@@ -119,6 +128,16 @@ def sampling(idata: Any, seconds: float) -> dict[str, Any]:
                                    if str(v).split(".")[-1] == "diverging"))}
 
 
+def _named(pooling: dict[str, tuple[str, ...]], law: str) -> dict[str, tuple[str, ...]]:
+    """A pooling's parameter names that the fitted law (or family) has."""
+    from bayescale.inference import FitConfig
+    from bayescale.models import GROUP_PARAMS
+
+    family = FitConfig().family if law == "averaged" else (law,)
+    known = {p for f in family for p in GROUP_PARAMS[f]} | {"all"}
+    return {k: tuple(p for p in v if p in known) for k, v in pooling.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -126,11 +145,15 @@ def main(argv: list[str] | None = None) -> int:
                     "weighted by forward validation, with its discrepancy; ~3x the time)")
     ap.add_argument("--once", action="store_true", help="fit each pooling once (its time then includes compiling)")
     ap.add_argument("--skip-ungrouped", action="store_true", help="do not time the ungrouped fit of the same rows")
-    ap.add_argument("--poolings", nargs="+", default=list(POOLINGS), choices=list(POOLINGS))
+    ap.add_argument("--poolings", nargs="+", default=list(DEFAULT_POOLINGS), choices=list(POOLINGS))
     ap.add_argument("--new-group", action="store_true", help="also fit two training sets and predict the third "
                     "as a group with no runs")
+    ap.add_argument("--factors", nargs="*", default=list(FACTORS), metavar="COLUMN",
+                    help="crossed factors the groups are made of (e.g. dataset eval_set: each column's levels "
+                    "get their own effects); default: the 24 groups exchangeable")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
+    factors = tuple(a.factors)
 
     import bayescale as bs
     from bayescale.inference import FitConfig, fit
@@ -152,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         fit(flat, FitConfig(law=a.law, seed=1), quiet=True)
         results["ungrouped_seconds"] = time.perf_counter() - t0
     for name in a.poolings:
-        cfg = FitConfig(law=a.law, group_factors=FACTORS, **POOLINGS[name])
+        cfg = FitConfig(law=a.law, group_factors=factors, **_named(POOLINGS[name], a.law))
         t0 = time.perf_counter()
         idata = fit(train, cfg, quiet=True)  # first: compiles
         first = warm = time.perf_counter() - t0
@@ -177,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         left = "rw_original"
         seen = runs[runs.dataset != left].reset_index(drop=True)
         unseen = runs[runs.dataset == left].reset_index(drop=True)
-        idata = fit(seen, FitConfig(law=a.law, group_factors=FACTORS), quiet=True)
+        idata = fit(seen, FitConfig(law=a.law, group_factors=factors), quiet=True)
         r = held_out_scores(idata, unseen.assign(group="new"))
         results["new_group"] = {"left_out": left, **r}
         print(f"new group ({left} left out, {len(unseen)} losses), --group new: cover90 {r['cover90']:.2f}, "
