@@ -137,6 +137,51 @@ def run_cli(argv, capsys):
     return code, out, err
 
 
+def test_a_scenario_left_on_one_draw_adds_no_targeted_eig_and_spoils_no_other():
+    """After earlier picks, a simulated outcome can leave all the weight on one draw: that scenario
+    has nothing more to learn (its full EIG is 0), and the candidate keeps the other scenarios' value
+    (it was NaN, and a NaN ended a batch after its first pick)."""
+    mu, s, phi = linear_gaussian()
+    lik = dz.LocationScale("gaussian")
+    plain = dz.mutual_information(lik, (mu[1:2], s[1:2]), phi=phi, bounds=False)
+    one = np.zeros((2, mu.shape[1]))
+    one[1, 0] = 1e6  # the second scenario's earlier outcomes pin draw 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mixed = dz.mutual_information(lik, (mu[1:2], s[1:2]), phi=phi, scenario_loglik=one, bounds=False)
+    assert np.isfinite(mixed["targeted"][0]) and np.isfinite(mixed["sd_ratio"][0])
+    # the full EIG of a one-draw scenario is 0 up to the grid's quadrature (about 1e-3 nats)
+    assert mixed["eig"][0] == pytest.approx(0.5 * plain["eig"][0], abs=0.002)
+    assert mixed["targeted"][0] == pytest.approx(0.5 * plain["targeted"][0], abs=1e-9)
+    assert mixed["sd_ratio"][0] == pytest.approx(plain["sd_ratio"][0], abs=1e-9)
+
+
+def test_budgeted_batch_keeps_the_better_of_per_flop_and_whole_greedy(monkeypatch):
+    """A cheap run with the best EIG per FLOP would leave no room for the one that tells most: for a
+    budget the batch is the better of greedy per FLOP and greedy by EIG (linear-Gaussian, closed form)."""
+    from types import SimpleNamespace
+
+    M = 4096
+    w = stats.norm.ppf(qmc.Sobol(2, scramble=True, seed=1).random(M)) * np.array([1.0, 1.5])
+    X = np.array([[1.0, 0.0], [0.0, 3.0]])  # EIG 1/2 ln 2 = 0.347 at cost 1; 1/2 ln 21.25 = 1.528 at cost 10
+    mu = X @ w.T
+    dr = SimpleNamespace(lik=dz.LocationScale("gaussian"), M=M)
+    monkeypatch.setattr(dz, "predictive_params", lambda _, N, D: (mu[np.asarray(N, int)], np.ones((len(N), M))))
+    idx = np.arange(2.0)
+    eig = dz.mutual_information(dr.lik, (mu, np.ones_like(mu)), bounds=False)["eig"]
+    assert eig == pytest.approx([0.5 * math.log(2.0), 0.5 * math.log(21.25)], abs=TOL)
+    ranking = dz.Ranking(idx, idx, np.array([1.0, 10.0]), eig, eig, eig, eig, None, [])
+    top = dz.select(dr, ranking, budget=10.0, max_picks=1)  # design --top: the best per FLOP
+    assert top.picks == [0]
+    sel = dz.select(dr, ranking, budget=10.0)
+    assert sel.picks == [1] and sel.spent == 10.0
+    assert sel.joint_eig == pytest.approx(0.5 * math.log(21.25), abs=TOL)
+    # with room for both, both are bought, and the batch's EIG is the pair's: 1/2 ln (2 x 21.25)
+    both = dz.select(dr, ranking, budget=11.0)
+    assert sorted(both.picks) == [0, 1]
+    assert both.joint_eig == pytest.approx(0.5 * math.log(2.0 * 21.25), abs=TOL)
+
+
 @pytest.mark.slow
 def test_design_real_posterior_bounds_and_batch(small_fit):
     from bayescale.store import load_posterior
