@@ -59,7 +59,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -771,6 +771,7 @@ class Selection:
     sd_ratio: list[float | None]  # expected sd of the objective after the batch up to this pick / before
     spent: float
     joint_eig: float
+    rule: str = "per FLOP"  # the greedy rule whose batch this is: "per FLOP" (EIG per FLOP) or "EIG"
 
 
 def select(dr: DesignDraws, ranking: Ranking, *, budget: float, phi: np.ndarray | None = None,
@@ -783,15 +784,13 @@ def select(dr: DesignDraws, ranking: Ranking, *, budget: float, phi: np.ndarray 
     joint EIG is kept: for a monotone submodular gain under a knapsack budget, the better of the
     two is within a constant factor, (1 - 1/e) / 2, of the best batch (Leskovec et al. 2007,
     "cost-effective outbreak detection"; Krause & Guestrin 2005), where either alone can be
-    arbitrarily far from it. With ``max_picks`` (``design --top K``) the batch is the per-FLOP one.
+    arbitrarily far from it. Both keep to ``max_picks`` runs (``design --top K``) where given.
     """
     per_flop = _greedy(dr, ranking, budget=budget, phi=phi, max_picks=max_picks, scenarios=scenarios, seed=seed,
                        per_flop=True)
-    if max_picks is not None:
-        return per_flop
-    whole = _greedy(dr, ranking, budget=budget, phi=phi, max_picks=None, scenarios=scenarios, seed=seed,
+    whole = _greedy(dr, ranking, budget=budget, phi=phi, max_picks=max_picks, scenarios=scenarios, seed=seed,
                     per_flop=False)
-    return whole if whole.joint_eig > per_flop.joint_eig else per_flop
+    return replace(whole, rule="EIG") if whole.joint_eig > per_flop.joint_eig else per_flop
 
 
 def _greedy(dr: DesignDraws, ranking: Ranking, *, budget: float, phi: np.ndarray | None, max_picks: int | None,

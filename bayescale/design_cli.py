@@ -123,6 +123,7 @@ def cmd_design(args: argparse.Namespace) -> int:
                         seed=args.seed)
         selected = [row(i, e, r) for i, e, r in zip(sel.picks, sel.eig, sel.sd_ratio, strict=True)]
         batch = {"budget": float(args.budget), "spent": sel.spent, "runs": len(sel.picks), "joint_eig": sel.joint_eig,
+                 "greedy_by": "EIG per FLOP" if sel.rule == "per FLOP" else "EIG",
                  "width90_after": width_after(-1, sel.sd_ratio[-1] if sel.sd_ratio else None, sel.joint_eig)}
     else:
         order = np.argsort(-ranking.eig_per_flop)[: args.top]
@@ -170,7 +171,8 @@ def cmd_design(args: argparse.Namespace) -> int:
               f"{batch['width90_after']:.4f}" if batch and batch["width90_after"] is not None else "") + ")")
     if batch:
         print(f"batch: {batch['runs']} runs, {_fmt(batch['spent'])} of {_fmt(batch['budget'])} FLOP, joint EIG "
-              f"{batch['joint_eig']:.4f} nats (each row's EIG is given the rows above it)")
+              f"{batch['joint_eig']:.4f} nats (each row's EIG is given the rows above it; chosen greedily by "
+              f"{batch['greedy_by']}: its batch held at least as much as the other rule's)")
     if fig_path:
         print(f"figure: {fig_path}")
     return 0

@@ -171,14 +171,16 @@ def test_budgeted_batch_keeps_the_better_of_per_flop_and_whole_greedy(monkeypatc
     eig = dz.mutual_information(dr.lik, (mu, np.ones_like(mu)), bounds=False)["eig"]
     assert eig == pytest.approx([0.5 * math.log(2.0), 0.5 * math.log(21.25)], abs=TOL)
     ranking = dz.Ranking(idx, idx, np.array([1.0, 10.0]), eig, eig, eig, eig, None, [])
-    top = dz.select(dr, ranking, budget=10.0, max_picks=1)  # design --top: the best per FLOP
-    assert top.picks == [0]
+    greedy = dict(phi=None, max_picks=None, scenarios=dz.SCENARIOS, seed=0)
+    assert dz._greedy(dr, ranking, budget=10.0, per_flop=True, **greedy).picks == [0]  # then nothing fits
+    assert dz._greedy(dr, ranking, budget=10.0, per_flop=False, **greedy).picks == [1]
     sel = dz.select(dr, ranking, budget=10.0)
-    assert sel.picks == [1] and sel.spent == 10.0
+    assert sel.picks == [1] and sel.spent == 10.0 and sel.rule == "EIG"
+    assert dz.select(dr, ranking, budget=10.0, max_picks=1).picks == [1]
     assert sel.joint_eig == pytest.approx(0.5 * math.log(21.25), abs=TOL)
     # with room for both, both are bought, and the batch's EIG is the pair's: 1/2 ln (2 x 21.25)
     both = dz.select(dr, ranking, budget=11.0)
-    assert sorted(both.picks) == [0, 1]
+    assert sorted(both.picks) == [0, 1] and both.rule == "per FLOP"
     assert both.joint_eig == pytest.approx(0.5 * math.log(2.0 * 21.25), abs=TOL)
 
 
