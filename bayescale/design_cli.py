@@ -160,8 +160,9 @@ def cmd_design(args: argparse.Namespace) -> int:
     what = {"n_opt": "log N*", "d_opt": "log D*", "loss_opt": "log loss at the optimum",
             "loss_at": "log loss at the target rows", "params": "all parameters"}[args.objective]
     at = f" at C = {_fmt(target_compute)}" if "target_compute" in res else ""
-    print(f"{args.model}: runs ranked by {'information about ' + what + at}, per FLOP"
-          + (f"; a batch for {_fmt(args.budget)} FLOP" if batch else ""))
+    print(f"{args.model}: " + (f"a batch for {_fmt(args.budget)} FLOP, chosen by information about {what}{at}"
+                                f"{', per FLOP' if batch['greedy_by'] == 'EIG per FLOP' else ''}, in the order picked"
+                                if batch else f"runs ranked by information about {what}{at}, per FLOP"))
     w_head = "90% width after" if width0 is not None else ""
     rows = [[str(k + 1), _fmt(r["N"]), _fmt(r["D"]), _fmt(r["cost"]), f"{r['eig']:.4f}", _fmt(r["eig_per_flop"]),
              "" if r["width90_after"] is None else f"{r['width90_after']:.4f}"] for k, r in enumerate(selected)]
