@@ -771,7 +771,7 @@ class Selection:
     sd_ratio: list[float | None]  # expected sd of the objective after the batch up to this pick / before
     spent: float
     joint_eig: float
-    rule: str = "per FLOP"  # the greedy rule whose batch this is: "per FLOP" (EIG per FLOP) or "EIG"
+    rule: str = "EIG per FLOP"  # the greedy rule whose batch this is: "EIG per FLOP" or "EIG"
 
 
 def select(dr: DesignDraws, ranking: Ranking, *, budget: float, phi: np.ndarray | None = None,
@@ -780,11 +780,11 @@ def select(dr: DesignDraws, ranking: Ranking, *, budget: float, phi: np.ndarray 
 
     Greedy by EIG per FLOP alone can spend a budget on many cheap runs whose information overlaps
     and leave no room for the one larger run that would tell more; greedy by EIG alone can do the
-    reverse. For a budget (no ``max_picks``) both batches are built and the one with the larger
-    joint EIG is kept: for a monotone submodular gain under a knapsack budget, the better of the
-    two is within a constant factor, (1 - 1/e) / 2, of the best batch (Leskovec et al. 2007,
-    "cost-effective outbreak detection"; Krause & Guestrin 2005), where either alone can be
-    arbitrarily far from it. Both keep to ``max_picks`` runs (``design --top K``) where given.
+    reverse. Both batches are built and the one with the larger joint EIG is kept: for a monotone
+    submodular gain under a knapsack budget, the better of the two is within a constant factor,
+    (1 - 1/e) / 2, of the best batch (Leskovec et al. 2007, "cost-effective outbreak detection";
+    Krause & Guestrin 2005), where either alone can be arbitrarily far from it. Both keep to
+    ``max_picks`` runs (``design --top K``) where given.
     """
     per_flop = _greedy(dr, ranking, budget=budget, phi=phi, max_picks=max_picks, scenarios=scenarios, seed=seed,
                        per_flop=True)

@@ -123,7 +123,7 @@ def cmd_design(args: argparse.Namespace) -> int:
                         seed=args.seed)
         selected = [row(i, e, r) for i, e, r in zip(sel.picks, sel.eig, sel.sd_ratio, strict=True)]
         batch = {"budget": float(args.budget), "spent": sel.spent, "runs": len(sel.picks), "joint_eig": sel.joint_eig,
-                 "greedy_by": "EIG per FLOP" if sel.rule == "per FLOP" else "EIG",
+                 "greedy_by": sel.rule,
                  "width90_after": width_after(-1, sel.sd_ratio[-1] if sel.sd_ratio else None, sel.joint_eig)}
     else:
         order = np.argsort(-ranking.eig_per_flop)[: args.top]

@@ -180,7 +180,7 @@ def test_budgeted_batch_keeps_the_better_of_per_flop_and_whole_greedy(monkeypatc
     assert sel.joint_eig == pytest.approx(0.5 * math.log(21.25), abs=TOL)
     # with room for both, both are bought, and the batch's EIG is the pair's: 1/2 ln (2 x 21.25)
     both = dz.select(dr, ranking, budget=11.0)
-    assert sorted(both.picks) == [0, 1] and both.rule == "per FLOP"
+    assert sorted(both.picks) == [0, 1] and both.rule == "EIG per FLOP"
     assert both.joint_eig == pytest.approx(0.5 * math.log(2.0 * 21.25), abs=TOL)
 
 
