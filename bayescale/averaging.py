@@ -473,7 +473,7 @@ def fit_family(runs: Any, config: Any, *, quiet: bool = False, source: str | Non
 
     import jax
 
-    from .discrepancy import RESIDUAL, WEIGHT
+    from .discrepancy import DRAWS_KEY, RESIDUAL, WEIGHT
     from .inference import build_idata, fit_law, group_metadata, law_metadata, report_diagnostics, run_metadata
     from .models import law_overrides
     from .store import AVERAGED, SEP
@@ -508,8 +508,9 @@ def fit_family(runs: Any, config: Any, *, quiet: bool = False, source: str | Non
     meta["law"] = AVERAGED
     meta["laws"] = {law: {**law_metadata(fits[law]), "weight": float(w), "lfo": cal.scores[law]}
                     for law, w in zip(laws, cal.weights, strict=True)}
-    for law, (gp, _, _) in gps.items():
+    for law, (gp, _, _, hyper) in gps.items():
         meta["laws"][law]["discrepancy_gp"] = gp.to_json()
+        meta["laws"][law][DRAWS_KEY] = hyper
     rate = RATE_GRID
     cdf = np.cumsum(cal.rate_posterior)
     meta["averaging"] = {
@@ -537,7 +538,7 @@ def fit_family(runs: Any, config: Any, *, quiet: bool = False, source: str | Non
     if grouped:
         meta.update(group_metadata(grouped[0]))
     idata = build_idata(runs, groups, meta, grouped[0] if grouped else None,
-                        run_data={k: v for law, (_, r, w) in gps.items()
+                        run_data={k: v for law, (_, r, w, _) in gps.items()
                                   for k, v in ((f"{law}{SEP}{RESIDUAL}", r), (f"{law}{SEP}{WEIGHT}", w))})
     if not quiet:
         print("weights (forward validation): " + ", ".join(f"{law} {w:.2f}" for law, w in zip(laws, cal.weights,
@@ -547,11 +548,11 @@ def fit_family(runs: Any, config: Any, *, quiet: bool = False, source: str | Non
     return idata
 
 
-def _discrepancy_process(runs: Any, fit: Any, config: Any) -> tuple[Any, np.ndarray, np.ndarray]:
+def _discrepancy_process(runs: Any, fit: Any, config: Any) -> tuple[Any, np.ndarray, np.ndarray, dict[str, Any]]:
     """A law's discrepancy process (:mod:`bayescale.discrepancy`) fitted to its residuals from its
-    full-data posterior mean, with those residuals (a grouped fit's by each run's group) and the
-    runs' robustness weights."""
-    from .discrepancy import features, fit_gp, residuals
+    full-data posterior mean: its hyperparameters' mode, those residuals (a grouped fit's by each
+    run's group), the runs' robustness weights, and the hyperparameters' posterior draws (JSON)."""
+    from .discrepancy import features, fit_gp, hyper_draws_to_json, residuals, sample_hyperparameters
     from .inference import log_mean_draws
 
     N, D = runs["N"].to_numpy(float), runs["D"].to_numpy(float)
@@ -560,4 +561,5 @@ def _discrepancy_process(runs: Any, fit: Any, config: Any) -> tuple[Any, np.ndar
     flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in fit.samples.items()}
     r = residuals(ly, log_mean_draws(fit.law, flat, np.log(N), np.log(D), fit.anchors, group=gi))
     gp, w = fit_gp(features(N, D), r, gi, likelihood=config.likelihood, nu=config.nu)
-    return gp, r, w
+    draws, ess = sample_hyperparameters(features(N, D), r, gi, w, start=gp, seed=config.seed)
+    return gp, r, w, hyper_draws_to_json(draws, ess)

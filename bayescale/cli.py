@@ -264,6 +264,34 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gp_posterior(law_meta: dict[str, Any]) -> dict[str, Any] | None:
+    """Median and 90% interval of a law's discrepancy hyperparameters over their posterior draws
+    (None in a file written before they were drawn)."""
+    import numpy as np
+
+    from .discrepancy import DRAWS_KEY
+
+    d = law_meta.get(DRAWS_KEY)
+    if not d:
+        return None
+    ls = np.asarray(d["length_scales"], float)
+    cols = {"amplitude": d["amplitude"], "noise": d["noise"], "length_N": ls[:, 0], "length_D": ls[:, 1]}
+    out: dict[str, Any] = {k: dict(zip(("q05", "median", "q95"),
+                                       np.quantile(np.asarray(v, float), [0.05, 0.5, 0.95]).tolist(), strict=True))
+                           for k, v in cols.items()}
+    out["importance_ess"] = d.get("importance_ess")
+    return out
+
+
+def _gp_cell(mode: dict[str, Any], post: dict[str, Any] | None, key: str, scale: float) -> str:
+    """A summary cell: the hyperparameter's posterior median and 90% interval (the mode without draws)."""
+    if post is None:
+        v = mode["length_scales"][0 if key == "length_N" else 1] if key.startswith("length") else mode[key]
+        return f"{scale * v:.2f}"
+    q = post[key]
+    return f"{scale * q['median']:.2f} [{scale * q['q05']:.2f}, {scale * q['q95']:.2f}]"
+
+
 def _posterior_summary(idata: Any) -> dict[str, Any]:
     """``params`` (``LAW.NAME`` keys for an averaged posterior), ``compute_optimal`` (the mixture's
     exponents) and, for an averaged posterior, ``laws`` (weight, params, forward scores) and
@@ -278,7 +306,8 @@ def _posterior_summary(idata: Any) -> dict[str, Any]:
     if meta["law"] != AVERAGED:
         return {"params": param_summary(idata), "compute_optimal": expo, **grouped}
     laws = {law: {"weight": meta["laws"][law]["weight"], "params": param_summary(idata, law=law),
-                  "lfo": meta["laws"][law]["lfo"], "discrepancy_gp": meta["laws"][law].get("discrepancy_gp")}
+                  "lfo": meta["laws"][law]["lfo"], "discrepancy_gp": meta["laws"][law].get("discrepancy_gp"),
+                  "discrepancy_gp_posterior": _gp_posterior(meta["laws"][law])}
             for law in laws_of(idata)}
     params = {f"{law}.{k}": v for law, d in laws.items() for k, v in d["params"].items()}
     av = meta["averaging"]
@@ -348,13 +377,15 @@ def _print_posterior(res: dict[str, Any]) -> None:
         r = av["discrepancy_rate"]
         print(f"model discrepancy: {100 * r['mean']:.2f}% of the loss per decade beyond the runs "
               f"(90% [{100 * r['q05']:.2f}%, {100 * r['q95']:.2f}%]; prior {r['prior']})")
-        gp_rows = [[law, f"{100 * g['amplitude']:.2f}%", f"{100 * g['noise']:.2f}%",
-                    f"{g['length_scales'][0]:.2f}", f"{g['length_scales'][1]:.2f}"]
-                   for law, d in res["laws"].items() if (g := d.get("discrepancy_gp"))]
+        gp_rows = [[law, *(_gp_cell(g, p, k, scale) for k, scale in
+                           (("amplitude", 100), ("noise", 100), ("length_N", 1), ("length_D", 1)))]
+                   for law, d in res["laws"].items() if (g := d.get("discrepancy_gp"))
+                   for p in [d.get("discrepancy_gp_posterior")]]
         if gp_rows:
             print("structured discrepancy (each law's misfit over log10 N, log10 D, a Gaussian process on its "
-                  "residuals; the noise is what it leaves):")
-            print(_table(gp_rows, ["law", "misfit sd", "noise", "length N (decades)", "length D (decades)"]))
+                  "residuals; the noise is what it leaves; hyperparameters: posterior median [90%], or the mode "
+                  "where the file has no draws):")
+            print(_table(gp_rows, ["law", "misfit sd %", "noise %", "length N (decades)", "length D (decades)"]))
         for law, d in res["laws"].items():
             print(f"\n{law} law (weight {d['weight']:.3f}):")
             print(_table([row(k, v) for k, v in d["params"].items()], ph))

@@ -571,7 +571,7 @@ class DesignDraws:
         from .discrepancy import by_part
 
         return by_part(self.gps or [None] * len(self.parts), [len(next(iter(p.values()))) for _, p in self.parts],
-                       N, D)
+                       N, D)[:2]
 
     @property
     def M(self) -> int:

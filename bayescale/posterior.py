@@ -65,12 +65,10 @@ class Mixture:
         its mean and variance on log loss ``(draws, P)``, and the noise left beside it per draw
         ``(draws, 1)`` (None where no law has a process: the laws' own sigma stands)."""
         gps = self.gps or [None] * len(self.parts)
-        m, v = by_part(gps, [len(idx) for _, _, idx in self.parts], N, D)
+        m, v, noise = by_part(gps, [len(idx) for _, _, idx in self.parts], N, D)
         if all(g is None for g in gps):
             return m, v, None
-        noise = np.concatenate([np.full(len(idx), np.nan if g is None else g.noise)
-                                for (_, _, idx), g in zip(self.parts, gps, strict=True)])[:, None]
-        return m, v, noise
+        return m, v, noise[:, None]
 
     @property
     def size(self) -> int:

@@ -122,3 +122,80 @@ def test_conditioned_broadcasts_and_residuals_average_draws():
     mu = np.array([[1.0, 2.0], [3.0, 4.0]])
     np.testing.assert_allclose(residuals(np.array([2.0, 3.0]), mu), [0.0, 0.0])
     np.testing.assert_allclose(residuals(np.array([2.0, 3.0]), mu, np.log([0.75, 0.25])), [0.5, 0.5])
+
+
+def _reference_log_density(theta: np.ndarray, X: np.ndarray, r: np.ndarray) -> float:
+    """The hyperparameters' log posterior density in log coordinates, written out independently of
+    the package: Gaussian marginal likelihood, a ~ HalfNormal(AMPLITUDE_PRIOR) with the Jacobian of
+    log a, log l ~ Normal(0, 1), log s flat, all inside the search's bounds."""
+    la, ls, ln, ld = theta
+    if not (-12 <= la <= 0 and -12 <= ls <= 0 and -4 <= ln <= 4 and -4 <= ld <= 4):
+        return -np.inf
+    d = (X[:, None, :] - X[None, :, :]) / np.exp([ln, ld])
+    K = np.exp(2 * la) * np.exp(-0.5 * np.sum(d * d, axis=-1)) + (np.exp(2 * ls) + 1e-10) * np.eye(len(r))
+    L = np.linalg.cholesky(K)
+    z = np.linalg.solve(L, r)
+    return float(-0.5 * z @ z - np.log(np.diag(L)).sum() - 0.5 * np.exp(2 * la) / AMPLITUDE_PRIOR**2 + la
+                 - 0.5 * (ln**2 + ld**2))
+
+
+def _reference_chain(X: np.ndarray, r: np.ndarray, steps: int, seed: int) -> np.ndarray:
+    """A long random-walk Metropolis chain on that density, its first fifth dropped."""
+    rng = np.random.default_rng(seed)
+    x = np.array([-4.0, -5.0, 0.0, 0.0])
+    fx = _reference_log_density(x, X, r)
+    out = []
+    for i in range(steps):
+        y = x + 0.3 * rng.standard_normal(4)
+        fy = _reference_log_density(y, X, r)
+        if np.log(rng.random()) < fy - fx:
+            x, fx = y, fy
+        if i >= steps // 5:
+            out.append(x)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("n, seed", [(30, 5), (12, 6)])
+def test_hyperparameter_draws_match_a_long_mcmc_reference(n, seed):
+    """The importance sampler's draws of (log a, log s, log l_N, log l_D) against 30,000 steps of
+    random-walk Metropolis on an independent implementation of the density, on a well-determined
+    posterior (30 runs) and a broad one (12 runs, where the mode alone is most misleading).
+    Tolerances: the means within 0.3 of the reference's sd plus 0.1, the sds within a factor of
+    1.6 (64 resampled draws: their sd is itself uncertain by about 10-20%)."""
+    from bayescale.discrepancy import sample_hyperparameters
+
+    X, _, r = _smooth_residuals(n, seed)
+    gp, w = fit_gp(X, r)
+    draws, ess = sample_hyperparameters(X, r, None, w, start=gp, seed=seed)
+    assert len(draws) == 64 and ess > 40
+    T = np.log([[g.amplitude, g.noise, *g.length_scales] for g in draws])
+    ref = _reference_chain(X, r, 30000, seed)
+    sd = ref.std(axis=0)
+    assert np.all(np.abs(T.mean(axis=0) - ref.mean(axis=0)) < 0.3 * sd + 0.1)
+    assert np.all((T.std(axis=0) > sd / 1.6) & (T.std(axis=0) < sd * 1.6))
+
+
+def test_each_prediction_draw_takes_a_hyperparameter_draw_in_turn():
+    """``Conditioned.rows`` gives draw ``i`` the process under hyperparameter draw ``i mod K``
+    (the same as :meth:`Conditioned.at` under it), per draw's own points or shared ones; without
+    draws (a file written before them) every draw takes the mode; a process on no runs gives each
+    draw its own prior variance."""
+    X, _, r = _smooth_residuals(40, 7)
+    gp, w = fit_gp(X, r)
+    hyper = (ResidualGP(0.01, 0.004, (0.5, 0.8)), ResidualGP(0.03, 0.002, (1.5, 0.3)), gp)
+    c = Conditioned(gp, X, r, w, hyper)
+    N, D = np.array([3e7, 2e9, 1e12]), np.array([1e9, 5e10, 1e13])
+    m, v, noise = c.rows(7, N, D)
+    for i in range(7):
+        mi, vi = c.at(N, D, hyper[i % 3])
+        np.testing.assert_allclose(m[i], mi, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(v[i], vi, rtol=1e-9, atol=1e-12)
+        assert noise[i] == hyper[i % 3].noise
+    Nd, Dd = np.outer(np.arange(1, 8), N), np.outer(np.arange(1, 8), D)  # per-draw points
+    m2, _, _ = c.rows(7, Nd, Dd)
+    for i in (0, 4, 6):
+        np.testing.assert_allclose(m2[i], c.at(Nd[i], Dd[i], hyper[i % 3])[0], rtol=1e-9, atol=1e-12)
+    m0, v0, _ = Conditioned(gp, X, r, w).rows(5, N, D)
+    np.testing.assert_allclose(m0, np.broadcast_to(c.at(N, D)[0], (5, 3)), rtol=1e-9, atol=1e-12)
+    _, vp, _ = Conditioned(gp, X, None, None, hyper).rows(4, N, D)
+    np.testing.assert_allclose(vp[:, 0], [h.amplitude**2 for h in (*hyper, hyper[0])])
