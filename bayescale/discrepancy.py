@@ -61,6 +61,8 @@ HYPER_DRAWS = 64
 _PROPOSALS = 256
 _ESS_SHARE = 0.2
 _ROUNDS = 3
+#: local modes closer than this (max over the log hyperparameters) are one
+_SAME_MODE = 0.25
 #: the proposal's Student-t degrees of freedom and its scale over the Laplace approximation's
 _PROPOSAL_DF = 4.0
 _PROPOSAL_INFLATE = 1.3
@@ -235,10 +237,9 @@ def _neg_log_density(theta: np.ndarray, parts: list[tuple[np.ndarray, np.ndarray
 
 
 def _laplace(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], x0: np.ndarray
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """The log-coordinate posterior's mode (searched from ``x0``) and the inverse of its Hessian
-    there (finite differences of the exact gradient), or a unit covariance where that is not
-    positive definite (a mode on a bound)."""
+             ) -> tuple[np.ndarray, float, np.ndarray]:
+    """A local mode of the log-coordinate posterior (searched from ``x0``), its negative log
+    density, and the inverse of its Hessian there (finite differences of the exact gradient)."""
     from scipy.optimize import minimize
 
     lo, hi = np.array([b[0] for b in _BOUNDS]), np.array([b[1] for b in _BOUNDS])
@@ -251,10 +252,12 @@ def _laplace(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], x0: np.ndar
         e[k] = h
         H[k] = (_neg_log_density(x + e, parts)[1] - _neg_log_density(x - e, parts)[1]) / (2 * h)
     H = 0.5 * (H + H.T)
+    if not np.all(np.isfinite(H)):
+        return x, float(res.fun), np.eye(4)
     ev, V = np.linalg.eigh(H)
-    if not np.all(np.isfinite(ev)) or ev.min() <= 1e-6:
-        return x, np.eye(4)
-    return x, (V / ev) @ V.T
+    # curvature at least that of a sd-2 Gaussian: a flat direction (a mode on a bound or a plateau)
+    # would otherwise send the proposal far outside the bounds, where the density is zero
+    return x, float(res.fun), (V / np.maximum(ev, 0.25)) @ V.T
 
 
 def _log_density_value(T: np.ndarray, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -286,6 +289,20 @@ def _student_t_logpdf(Z: np.ndarray, df: float) -> np.ndarray:
     return -0.5 * (df + Z.shape[1]) * np.log1p(np.sum(Z * Z, axis=1) / df)
 
 
+def _modes(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], start: np.ndarray | None
+           ) -> list[tuple[np.ndarray, float, np.ndarray]]:
+    """The posterior's distinct local modes (from ``start`` and every other default start), each
+    with its negative log density and Laplace covariance, the negligible ones (25 nats below the
+    best) left out."""
+    found: list[tuple[np.ndarray, float, np.ndarray]] = []
+    for x0 in ([] if start is None else [start]) + [np.array(st, float) for st in _STARTS[::2]]:
+        x, f, cov = _laplace(parts, x0)
+        if np.isfinite(f) and all(np.max(np.abs(x - y)) > _SAME_MODE for y, _, _ in found):
+            found.append((x, f, cov))
+    best = min(f for _, f, _ in found)
+    return [m for m in found if m[1] < best + 25.0]
+
+
 def sample_hyperparameters(X: np.ndarray, r: np.ndarray, group: np.ndarray | None = None,
                            weights: np.ndarray | None = None, *, start: ResidualGP | None = None,
                            n_draws: int = HYPER_DRAWS, seed: int = 0) -> tuple[list[ResidualGP], float]:
@@ -293,39 +310,74 @@ def sample_hyperparameters(X: np.ndarray, r: np.ndarray, group: np.ndarray | Non
     hyperparameters shared; each run's noise variance ``s^2 / weight``, the weights those of the
     mode's EM fit), and the importance sampler's effective sample size.
 
-    Importance sampling in log coordinates: the proposal is a Student-t (4 degrees of freedom) at the
-    mode with the Laplace covariance, inflated. Its weighted draws' mean and covariance make the
-    next round's proposal (twice as many draws), and so on while the effective sample size is under
-    a fifth of a round's draws (three rounds at most). The last round's ``n_draws`` are resampled
-    (systematic resampling). ``start``: the mode, from :func:`fit_gp`.
+    The posterior has several modes (a smooth process with some noise, and one that all but
+    interpolates the runs with a short length scale and no noise, are common), and which is the
+    highest can turn on the Monte Carlo error of the law's fit. So the proposal is a mixture of
+    Student-t's (4 degrees of freedom), one at each local mode found from the default starts with
+    its Laplace covariance (inflated), weighted by its Laplace mass; importance weights are taken
+    against the whole mixture. While the effective sample size is under a fifth of a round's draws
+    (three rounds at most), each component moves to the moments of the draws it is responsible
+    for (population Monte Carlo) for a round of twice the draws. The last round's ``n_draws`` are
+    resampled (systematic resampling). ``start``: the mode from :func:`fit_gp`.
     """
+    from scipy.special import logsumexp
+
     X, r = np.asarray(X, float), np.asarray(r, float)
     w = np.ones(len(r)) if weights is None else np.asarray(weights, float)
     parts = _parts(X, r, group, w)
     rng = np.random.default_rng(seed)
-    x0 = start.theta() if start is not None else np.array(_STARTS[0], float)
-    mean, cov = _laplace(parts, x0)
+    modes = _modes(parts, None if start is None else start.theta())
+    means = np.array([m for m, _, _ in modes])
+    covs = np.array([c for _, _, c in modes])
+    logmass = np.array([-f + 0.5 * np.linalg.slogdet(c)[1] for _, f, c in modes])
+    pi = _floored(np.exp(logmass - logmass.max()))
+    p, T, ess = None, means[:1], 0.0
     for k in range(_ROUNDS):
         M = _PROPOSALS if k == 0 else 2 * _PROPOSALS
-        Lc = np.linalg.cholesky(cov * _PROPOSAL_INFLATE**2)
+        chols = np.linalg.cholesky(covs * _PROPOSAL_INFLATE**2)
+        comp = rng.choice(len(pi), size=M, p=pi)
         Z = rng.standard_normal((M, 4)) / np.sqrt(rng.chisquare(_PROPOSAL_DF, (M, 1)) / _PROPOSAL_DF)
-        T = mean + Z @ Lc.T
-        lw = _log_density_value(T, parts) - _student_t_logpdf(Z, _PROPOSAL_DF)
+        T = means[comp] + np.einsum("mij,mj->mi", chols[comp], Z)
+        # every component's density at every draw: the mixture's (deterministic-mixture weights)
+        logq_k = np.stack([_student_t_logpdf(np.linalg.solve(L, (T - mu).T).T, _PROPOSAL_DF)
+                           - np.log(np.diag(L)).sum() for mu, L in zip(means, chols, strict=True)], axis=1)
+        logq_k += np.log(pi)
+        logq = logsumexp(logq_k, axis=1)
+        lw = _log_density_value(T, parts) - logq
+        if not np.any(np.isfinite(lw)):  # every draw outside the bounds: narrower components
+            covs, p = covs / 4.0, None
+            continue
         p = np.exp(lw - lw.max())
         p /= p.sum()
         ess = float(1.0 / np.sum(p * p))
-        if k > 0 and ess >= _ESS_SHARE * M:
+        if ess >= _ESS_SHARE * M:
             break
-        # the next proposal: the weighted draws' moments, half the last proposal's covariance kept
-        # beside them so that it does not collapse onto a few heavy draws
-        mean = p @ T
-        dev = T - mean
-        cov = 0.5 * ((dev * p[:, None]).T @ dev + cov)
+        resp = np.exp(logq_k - logq[:, None]) * p[:, None]  # (M, K): weight each component explains
+        mass = resp.sum(axis=0)
+        pi = _floored(mass)
+        for j in np.flatnonzero(mass > 1e-12):
+            mu = resp[:, j] @ T / mass[j]
+            dev = T - mu
+            # half the last covariance kept beside the draws': no collapse onto a few heavy draws
+            covs[j] = 0.5 * ((dev * resp[:, j, None]).T @ dev / mass[j] + covs[j])
+            means[j] = mu
+    if p is None:  # no draw inside the bounds in any round: the best mode alone
+        t = modes[0][0]
+        return [ResidualGP(float(np.exp(t[0])), float(np.exp(t[1])), (float(np.exp(t[2])), float(np.exp(t[3]))))
+                ] * n_draws, 0.0
     u = (rng.random() + np.arange(n_draws)) / n_draws
     pick = np.minimum(np.searchsorted(np.cumsum(p), u), len(p) - 1)
     draws = [ResidualGP(float(np.exp(t[0])), float(np.exp(t[1])), (float(np.exp(t[2])), float(np.exp(t[3]))))
              for t in T[pick]]
     return draws, ess
+
+
+def _floored(mass: np.ndarray) -> np.ndarray:
+    """Mixture weights from masses, each at least a twentieth of an even share (a mode the Laplace
+    mass underrates still gets proposals)."""
+    pi = np.asarray(mass, float) / np.sum(mass)
+    pi = np.maximum(pi, 0.05 / len(pi))
+    return pi / pi.sum()
 
 
 def residuals(y_log: np.ndarray, mu: np.ndarray, log_weights: np.ndarray | None = None) -> np.ndarray:
