@@ -312,7 +312,8 @@ def sample_hyperparameters(X: np.ndarray, r: np.ndarray, group: np.ndarray | Non
 
     The posterior has several modes (a smooth process with some noise, and one that all but
     interpolates the runs with a short length scale and no noise, are common), and which is the
-    highest can turn on the Monte Carlo error of the law's fit. So the proposal is a mixture of
+    highest can turn on small differences between fits of the same runs (through the EM's
+    weights, which are set at whichever mode it reaches). So the proposal is a mixture of
     Student-t's (4 degrees of freedom), one at each local mode found from the default starts with
     its Laplace covariance (inflated), weighted by its Laplace mass; importance weights are taken
     against the whole mixture. While the effective sample size is under a fifth of a round's draws
@@ -362,7 +363,7 @@ def sample_hyperparameters(X: np.ndarray, r: np.ndarray, group: np.ndarray | Non
             covs[j] = 0.5 * ((dev * resp[:, j, None]).T @ dev / mass[j] + covs[j])
             means[j] = mu
     if p is None:  # no draw inside the bounds in any round: the best mode alone
-        t = modes[0][0]
+        t = min(modes, key=lambda m: m[1])[0]
         return [ResidualGP(float(np.exp(t[0])), float(np.exp(t[1])), (float(np.exp(t[2])), float(np.exp(t[3]))))
                 ] * n_draws, 0.0
     u = (rng.random() + np.arange(n_draws)) / n_draws
