@@ -55,6 +55,7 @@ LENGTH_PRIOR_SD = 1.0
 FEATURES = ("log10 N", "log10 D")
 _JITTER = 1e-10
 _BOUNDS = [(-12.0, 0.0), (-12.0, 0.0), (-4.0, 4.0), (-4.0, 4.0)]  # log a, log s, log l_N, log l_D
+_LO, _HI = np.array([b[0] for b in _BOUNDS]), np.array([b[1] for b in _BOUNDS])
 #: hyperparameter draws kept per law; a prediction's draws take them in turn
 HYPER_DRAWS = 64
 #: importance-sampling proposals per round, and the effective sample size (share of them) that ends the rounds
@@ -97,7 +98,13 @@ class ResidualGP:
     def theta(self) -> np.ndarray:
         """The optimiser's coordinates: log a, log s, log l_N, log l_D (clipped into its bounds)."""
         x = np.log([self.amplitude, self.noise, *self.length_scales])
-        return np.clip(x, [b[0] for b in _BOUNDS], [b[1] for b in _BOUNDS])
+        return np.clip(x, _LO, _HI)
+
+    @classmethod
+    def from_theta(cls, theta: Any) -> ResidualGP:
+        """From the optimiser's coordinates (log a, log s, log l_N, log l_D)."""
+        a, s, ln, ld = (float(x) for x in np.exp(np.asarray(theta, float)))
+        return cls(a, s, (ln, ld))
 
     def _k(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
         ell = np.asarray(self.length_scales)
@@ -138,8 +145,12 @@ def _blocks(group: np.ndarray | None, n: int) -> dict[Any, np.ndarray]:
     return {k: np.flatnonzero(g == k) for k in np.unique(g)}
 
 
-def _objective(theta: np.ndarray, parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, np.ndarray]:
-    """Negative log posterior of the hyperparameters (log a, log s, log l_N, log l_D) and its gradient.
+def _objective(theta: np.ndarray, parts: list[tuple[np.ndarray, np.ndarray]], gradient: bool = True
+               ) -> tuple[float, np.ndarray | None]:
+    """Negative log posterior of the hyperparameters (log a, log s, log l_N, log l_D) and its gradient
+    (None with ``gradient=False``, which skips the inverse: a third of the cost). Where the
+    covariance is not positive definite: 1e10 with a zero gradient (for the optimiser), +inf
+    without.
 
     ``parts``: per group, the squared differences of the runs' inputs ``(2, n, n)``, the residuals
     and the runs' robustness weights (the noise variance of a run is ``s^2 / weight``).
@@ -156,9 +167,11 @@ def _objective(theta: np.ndarray, parts: list[tuple[np.ndarray, np.ndarray]]) ->
         K[np.diag_indices(n)] += s2 / w + _JITTER
         L, info = lapack.dpotrf(K, lower=1)
         if info != 0:
-            return 1e10, np.zeros(4)
+            return (1e10, np.zeros(4)) if gradient else (math.inf, None)
         alpha = cho_solve((L, True), r)
         f += 0.5 * r @ alpha + np.log(np.diag(L)).sum() + 0.5 * n * math.log(2 * math.pi)
+        if not gradient:
+            continue
         Kinv, _ = lapack.dpotri(L, lower=1)  # lower triangle of K^-1
         Kinv = np.tril(Kinv) + np.tril(Kinv, -1).T
         WR = (Kinv - np.outer(alpha, alpha)) * R  # 2 d f / d K, times R
@@ -168,6 +181,8 @@ def _objective(theta: np.ndarray, parts: list[tuple[np.ndarray, np.ndarray]]) ->
             g[2 + k] += 0.5 * a2 * inv_l2[k] * np.sum(WR * sq[k])
     # priors: a ~ HalfNormal(AMPLITUDE_PRIOR), log l ~ Normal(0, LENGTH_PRIOR_SD)
     f += 0.5 * a2 / AMPLITUDE_PRIOR**2 + 0.5 * float(np.sum(np.square(lell))) / LENGTH_PRIOR_SD**2
+    if not gradient:
+        return f, None
     g[0] += a2 / AMPLITUDE_PRIOR**2
     g[2:] += np.asarray(lell) / LENGTH_PRIOR_SD**2
     return f, g
@@ -209,8 +224,7 @@ def fit_gp(X: np.ndarray, r: np.ndarray, group: np.ndarray | None = None, *, lik
             res = minimize(_objective, x0, args=(parts,), jac=True, method="L-BFGS-B", bounds=_BOUNDS)
             if best is None or res.fun < best.fun:
                 best = res
-        la, ls, ln, ld = best.x
-        gp = ResidualGP(float(np.exp(la)), float(np.exp(ls)), (float(np.exp(ln)), float(np.exp(ld))))
+        gp = ResidualGP.from_theta(best.x)
         if it == iterations or likelihood != "student_t" or (prev is not None and np.max(np.abs(best.x - prev)) < tol):
             break
         prev = best.x
@@ -225,12 +239,16 @@ def _parts(X: np.ndarray, r: np.ndarray, group: np.ndarray | None, w: np.ndarray
     return [(_squared_differences(X[idx]), r[idx], w[idx]) for idx in _blocks(group, len(r)).values()]
 
 
+def _inside(theta: np.ndarray) -> bool:
+    return bool(np.all((theta >= _LO) & (theta <= _HI)))
+
+
 def _neg_log_density(theta: np.ndarray, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
                      ) -> tuple[float, np.ndarray]:
     """Negative log posterior density of the hyperparameters in the optimiser's log coordinates
     (the mode search's objective plus the amplitude's Jacobian: its prior is on ``a``, not
     ``log a``) and its gradient; +inf outside the bounds."""
-    if any(t < lo or t > hi for t, (lo, hi) in zip(theta, _BOUNDS, strict=True)):
+    if not _inside(theta):
         return math.inf, np.zeros(4)
     f, g = _objective(np.asarray(theta, float), parts)
     return f - theta[0], g - np.array([1.0, 0.0, 0.0, 0.0])
@@ -242,8 +260,7 @@ def _laplace(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], x0: np.ndar
     density, and the inverse of its Hessian there (finite differences of the exact gradient)."""
     from scipy.optimize import minimize
 
-    lo, hi = np.array([b[0] for b in _BOUNDS]), np.array([b[1] for b in _BOUNDS])
-    x0 = np.clip(x0, lo + 0.5, hi - 0.5)  # off the bounds: the amplitude's density vanishes at its bound
+    x0 = np.clip(x0, _LO + 0.5, _HI - 0.5)  # off the bounds: the amplitude's density vanishes at its bound
     res = minimize(_neg_log_density, x0, args=(parts,), jac=True, method="L-BFGS-B", bounds=_BOUNDS)
     x, h = res.x, 1e-3
     H = np.empty((4, 4))
@@ -262,25 +279,12 @@ def _laplace(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], x0: np.ndar
 
 def _log_density_value(T: np.ndarray, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
     """Log posterior density of hyperparameter points ``T`` ``(M, 4)`` in log coordinates, up to a
-    constant, without the gradient (a third of the cost): ``-_neg_log_density``; -inf outside the
-    bounds or where the covariance is not positive definite."""
-    from scipy.linalg import cho_solve, lapack
-
-    lo, hi = np.array([b[0] for b in _BOUNDS]), np.array([b[1] for b in _BOUNDS])
+    constant: ``-_neg_log_density`` without the gradient; -inf outside the bounds or where the
+    covariance is not positive definite."""
     out = np.full(len(T), -np.inf)
-    for i, (la, ls, ln, ld) in enumerate(T):
-        if np.any(T[i] < lo) or np.any(T[i] > hi):
-            continue
-        a2, s2, f = math.exp(2 * la), math.exp(2 * ls), 0.0
-        for sq, r, w in parts:
-            K = a2 * np.exp(-0.5 * (sq[0] * math.exp(-2 * ln) + sq[1] * math.exp(-2 * ld)))
-            K[np.diag_indices(len(r))] += s2 / w + _JITTER
-            L, info = lapack.dpotrf(K, lower=1)
-            if info != 0:
-                f = math.inf
-                break
-            f += 0.5 * r @ cho_solve((L, True), r) + np.log(np.diag(L)).sum()
-        out[i] = -(f + 0.5 * a2 / AMPLITUDE_PRIOR**2 + 0.5 * (ln * ln + ld * ld) / LENGTH_PRIOR_SD**2) + la
+    for i, t in enumerate(T):
+        if _inside(t):
+            out[i] = t[0] - _objective(t, parts, gradient=False)[0]
     return out
 
 
@@ -363,14 +367,10 @@ def sample_hyperparameters(X: np.ndarray, r: np.ndarray, group: np.ndarray | Non
             covs[j] = 0.5 * ((dev * resp[:, j, None]).T @ dev / mass[j] + covs[j])
             means[j] = mu
     if p is None:  # no draw inside the bounds in any round: the best mode alone
-        t = min(modes, key=lambda m: m[1])[0]
-        return [ResidualGP(float(np.exp(t[0])), float(np.exp(t[1])), (float(np.exp(t[2])), float(np.exp(t[3]))))
-                ] * n_draws, 0.0
+        return [ResidualGP.from_theta(min(modes, key=lambda m: m[1])[0])] * n_draws, 0.0
     u = (rng.random() + np.arange(n_draws)) / n_draws
     pick = np.minimum(np.searchsorted(np.cumsum(p), u), len(p) - 1)
-    draws = [ResidualGP(float(np.exp(t[0])), float(np.exp(t[1])), (float(np.exp(t[2])), float(np.exp(t[3]))))
-             for t in T[pick]]
-    return draws, ess
+    return [ResidualGP.from_theta(t) for t in T[pick]], ess
 
 
 def _floored(mass: np.ndarray) -> np.ndarray:
@@ -453,10 +453,6 @@ class Conditioned:
             m[at], v[at] = (mk.reshape(-1, P), vk.reshape(-1, P)) if N.ndim == 2 else (mk, vk)
         return m, v, noise
 
-    @property
-    def noise(self) -> float:
-        return self.gp.noise
-
 
 def by_part(gps: list[Conditioned | None], sizes: list[int], N: Any, D: Any
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -487,7 +483,7 @@ DRAWS_KEY = "discrepancy_gp_draws"  # a law's metadata: its hyperparameters' pos
 def hyper_draws_to_json(draws: list[ResidualGP], ess: float) -> dict[str, Any]:
     return {"amplitude": [g.amplitude for g in draws], "noise": [g.noise for g in draws],
             "length_scales": [list(g.length_scales) for g in draws], "importance_ess": ess,
-            "method": "importance sampling (Student-t proposal at the mode), resampled"}
+            "method": "importance sampling (a mixture of Student-t proposals at the local modes), resampled"}
 
 
 def hyper_draws_from_json(d: dict[str, Any] | None) -> list[ResidualGP]:
