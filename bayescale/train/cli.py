@@ -44,6 +44,8 @@ def add_commands(sub) -> None:
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where to train: auto is CUDA when available, else the CPU")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (default: eager)")
+    g.add_argument("--attention", default="auto", choices=["auto", "flash", "cudnn", "efficient", "math"],
+                   help="attention kernel (default auto: PyTorch picks); flash, cudnn and efficient need CUDA")
     g.add_argument("--threads", type=int, default=0,
                    help="CPU threads (0: torch default); bit-identical reruns need the same count")
     p.add_argument("--runs", default="runs", help="runs directory (default: runs)")
@@ -99,7 +101,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         t = TrainConfig(tokens=int(args.tokens), batch_size=args.batch_size, lr=args.lr,
                         seed=args.seed, eval_tokens=args.eval_tokens, eval_every=args.eval_every,
                         ckpt_seconds=args.ckpt_seconds, ckpt_steps=args.ckpt_steps,
-                        device=args.device, compile=args.compile, threads=args.threads,
+                        device=args.device, compile=args.compile, attention=args.attention,
+                        threads=args.threads,
                         micro_batch=args.micro_batch)
     except ValueError as e:
         if isinstance(e, InputError):

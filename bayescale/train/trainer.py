@@ -89,6 +89,7 @@ class TrainConfig:
     ckpt_steps: int = 0  # also checkpoint every this many steps (0: off; used by tests)
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False  # torch.compile the model (CUDA)
+    attention: str = "auto"  # scaled-dot-product attention kernel: auto | flash | cudnn | efficient | math
     micro_batch: int = 0  # sequences per forward/backward pass on each rank; 0: the whole batch
     threads: int = 0  # CPU threads for torch; 0: leave torch's default (bitwise results need the same count)
 
@@ -226,11 +227,40 @@ def _run_lock(run_dir: Path) -> Any:
             run_dir.rmdir()
 
 
-def autocast_for(device: torch.device) -> Any:
-    """The training precision context: bf16 autocast on CUDA, full precision elsewhere."""
+#: ``--attention`` choices: PyTorch's own pick (auto) or one scaled-dot-product attention kernel
+ATTENTION_KERNELS = ("auto", "flash", "cudnn", "efficient", "math")
+
+
+def attention_backend(name: str, device: torch.device) -> Any:
+    """The ``torch.nn.attention.SDPBackend`` named ``name`` (None for auto), checked against the device."""
+    if name not in ATTENTION_KERNELS:
+        raise InputError(f"expected one of {', '.join(ATTENTION_KERNELS)}, got {name!r}", field="attention")
+    if name == "auto":
+        return None
+    if name != "math" and device.type != "cuda":
+        raise InputError(f"the {name} attention kernel needs CUDA; on the CPU use auto or math",
+                         field="attention")
+    from torch.nn.attention import SDPBackend
+
+    return {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[name]
+
+
+def autocast_for(device: torch.device, attention: str = "auto") -> Any:
+    """The training precision context: bf16 autocast on CUDA, full precision elsewhere.
+
+    With ``attention`` other than auto, attention runs on that kernel alone (an error, not a
+    silent fallback, where the kernel cannot take the inputs).
+    """
+    stack = contextlib.ExitStack()
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+        stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
+    backend = attention_backend(attention, device)
+    if backend is not None:
+        from torch.nn.attention import sdpa_kernel
+
+        stack.enter_context(sdpa_kernel(backend))
+    return stack
 
 
 def optimizer_step(train_model: torch.nn.Module, params: list[torch.Tensor], opt: torch.optim.Optimizer,
@@ -380,6 +410,7 @@ def _train_run(
             return old
 
     device = _pick_device(train_cfg.device, local_rank)
+    attention_backend(train_cfg.attention, device)  # an unusable kernel is refused before any step
     if train_cfg.threads:
         torch.set_num_threads(train_cfg.threads)
     ddp = world > 1
@@ -416,7 +447,7 @@ def _train_run(
 
         train_model = DistributedDataParallel(
             train_model, device_ids=[local_rank] if device.type == "cuda" else None)
-    autocast = partial(autocast_for, device)
+    autocast = partial(autocast_for, device, train_cfg.attention)
 
     # data order: a permutation of disjoint windows, a function of the seed alone
     perm = np.random.default_rng(train_cfg.seed).permutation(n_win)[: steps * B]
@@ -609,7 +640,7 @@ def _resume_key(train: dict[str, Any]) -> dict[str, Any]:
     ``threads`` may change across a resume; the run is then valid but matches an uninterrupted
     one only to float tolerance, not bitwise.
     """
-    skip = {"device", "ckpt_seconds", "ckpt_steps", "threads", "compile", "micro_batch"}
+    skip = {"device", "ckpt_seconds", "ckpt_steps", "threads", "compile", "micro_batch", "attention"}
     return {k: v for k, v in train.items() if k not in skip}
 
 

@@ -223,6 +223,21 @@ def test_negative_micro_batch_is_refused(corpus, tmp_path):
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
+def test_attention_kernel_choice(corpus, tmp_path):
+    """``--attention math`` forces PyTorch's reference kernel: on the CPU it is the kernel auto
+    picks for these shapes, so the run is the same to float rounding; a GPU-only kernel is
+    refused on the CPU before anything is written, naming the field."""
+    auto = _run(corpus, tmp_path / "auto")
+    math_ = _run(corpus, tmp_path / "math", attention="math")
+    assert math_["status"] == "completed" and math_["loss"] == pytest.approx(auto["loss"], rel=1e-4)
+    for name in ("cudnn", "flash", "efficient"):
+        with pytest.raises(InputError, match=f"field 'attention'.*{name} attention kernel needs CUDA"):
+            _run(corpus, tmp_path / name, attention=name)
+        assert not (tmp_path / name).exists() or not any((tmp_path / name).iterdir())
+    with pytest.raises(InputError, match="expected one of auto, flash, cudnn, efficient, math"):
+        _run(corpus, tmp_path / "bad", attention="fast")
+
+
 def test_datasheet_peaks_by_gpu_name():
     from bayescale.train.trainer import peak_flops_for
 
