@@ -24,7 +24,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 python3 -c "import torch, jax, numpyro, arviz; print('torch', torch.__version__, 'cudnn', torch.backends.cudnn.version(), 'jax', jax.__version__, jax.devices(), 'numpyro', numpyro.__version__, 'arviz', arviz.__version__)"
 
 step "1. bench: the trainer's step on GPT-2 small (12 x 768, context 1024, vocab 8192, 64 sequences), eager and compiled, per attention kernel"
-timeout 300 python3 bench/train_throughput.py --device cuda --sizes 12x768x12 --compile --batch 64 \
+timeout 300 python3 bench/train_throughput.py --device cuda --sizes 12x768x12 --compile --profile --batch 64 \
   --steps 20 --vocab 8192 --attention auto,flash,cudnn --json "$OUT/bench.json" | tee "$OUT/bench.txt"
 BEST=$(python3 - "$OUT/bench.json" <<'PY'
 import json, sys
@@ -37,10 +37,10 @@ PY
 )
 echo "fastest compiled attention kernel: $BEST"
 
-step "2. trainer: bayescale train --compile --attention $BEST, 64 x 1024 per step, 4.4M tokens of the default corpus"
+step "2. trainer: bayescale train --compile --attention $BEST, 64 x 1024 per step, 2.2M tokens of the default corpus (2.3M in its training split)"
 T0=$(date +%s)
 timeout 150 python3 -m bayescale train --data .gpucache/corpus8k --n-layer 12 --d-model 768 --n-head 12 \
-  --context 1024 --tokens 4.4e6 --batch-size 64 --eval-every 10 --device cuda --compile --attention "$BEST" \
+  --context 1024 --tokens 2.2e6 --batch-size 64 --eval-every 8 --device cuda --compile --attention "$BEST" \
   --runs "$OUT/runs" --json > "$OUT/train_compiled.json"
 echo "rc $? wall $(( $(date +%s) - T0 )) s"
 python3 - "$OUT/train_compiled.json" <<'PY'
