@@ -552,7 +552,7 @@ def _discrepancy_process(runs: Any, fit: Any, config: Any) -> tuple[Any, np.ndar
     """A law's discrepancy process (:mod:`bayescale.discrepancy`) fitted to its residuals from its
     full-data posterior mean: its hyperparameters' mode, those residuals (a grouped fit's by each
     run's group), the runs' robustness weights, and the hyperparameters' posterior draws (JSON)."""
-    from .discrepancy import features, fit_gp, hyper_draws_to_json, residuals, sample_hyperparameters
+    from .discrepancy import features, hyper_draws_to_json, hyperparameter_posterior, residuals
     from .inference import log_mean_draws
 
     N, D = runs["N"].to_numpy(float), runs["D"].to_numpy(float)
@@ -560,6 +560,6 @@ def _discrepancy_process(runs: Any, fit: Any, config: Any) -> tuple[Any, np.ndar
     gi = None if fit.groups_ is None or fit.groups_.pooling is None else fit.groups_.index
     flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in fit.samples.items()}
     r = residuals(ly, log_mean_draws(fit.law, flat, np.log(N), np.log(D), fit.anchors, group=gi))
-    gp, w = fit_gp(features(N, D), r, gi, likelihood=config.likelihood, nu=config.nu)
-    draws, ess = sample_hyperparameters(features(N, D), r, gi, w, start=gp, seed=config.seed)
+    gp, w, draws, ess = hyperparameter_posterior(features(N, D), r, gi, likelihood=config.likelihood, nu=config.nu,
+                                                 seed=config.seed)
     return gp, r, w, hyper_draws_to_json(draws, ess)
