@@ -406,8 +406,9 @@ def forward_folds(runs: Any, law: str, config: Any, rng_key: Any, *, quiet: bool
 #: on Gadre's c4_original ladder (15 runs below the first cut) its Monte Carlo error with 200
 #: draws per chain was 0.5-0.75 nats per fold (delta method, with the draws' ESS), the first
 #: cut's score of the shared law read 30.9, 33.2 and 31.7 at three sampler seeds, and the
-#: stacking weights went 0.37 / 0.70 / 0.48 with it. At 800 draws per chain: 31.5, 32.1, 32.0 and
-#: 0.47 / 0.56 / 0.57. Small folds are cheap per draw; Chinchilla's (100-190 runs) keep 200.
+#: stacking weights went 0.37 / 0.70 / 0.48 with it. At 800 draws per chain, every other one
+#: scored: 31.0, 31.9, 31.9 and 0.39 / 0.54 / 0.55. Small folds are cheap per draw (the calibration
+#: bench's 12 small tables took 190-225 s instead of 160); Chinchilla's (100-190 runs) keep 200.
 SMALL_FOLD = 100
 SMALL_FOLD_MAX = 4.0
 #: a forward fit's draws are scored every SCORE_THIN-th (neighbouring draws of a chain are
