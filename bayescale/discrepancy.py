@@ -232,8 +232,7 @@ def fit_gp(X: np.ndarray, r: np.ndarray, group: np.ndarray | None = None, *, lik
         if it == iterations or likelihood != "student_t" or (prev is not None and np.max(np.abs(best.x - prev)) < tol):
             break
         prev = best.x
-        m, v = gp.predict(X, r, X, group=group, group_s=group, weights=w)  # f at the runs themselves
-        w = (nu + 1.0) / (nu + ((r - m) ** 2 + v) / gp.noise**2)
+        w = _expected_weights(X, r, group, w, best.x, nu)
         starts = [best.x]  # later EM steps move little: start from the last mode
     return gp, w
 
@@ -359,8 +358,9 @@ def hyperparameter_posterior(X: np.ndarray, r: np.ndarray, group: np.ndarray | N
         w = w_new
         if done:
             break
-    draws, ess = sample_hyperparameters(X, r, group, w, starts=starts, n_draws=n_draws, seed=seed)
-    modes = _modes(_parts(X, r, group, w), starts)
+    parts = _parts(X, r, group, w)
+    modes = _modes(parts, starts)
+    draws, ess = _importance_sample(parts, modes, n_draws, seed)
     mode = ResidualGP.from_theta(modes[int(np.argmax(_log_masses(modes)))][0])
     return mode, w, draws, ess
 
@@ -383,13 +383,18 @@ def sample_hyperparameters(X: np.ndarray, r: np.ndarray, group: np.ndarray | Non
     resampled (systematic resampling). ``starts``: where the mode search starts (default: every
     default start; :func:`hyperparameter_posterior` passes the modes it found).
     """
+    X, r = np.asarray(X, float), np.asarray(r, float)
+    parts = _parts(X, r, group, np.ones(len(r)) if weights is None else np.asarray(weights, float))
+    return _importance_sample(parts, _modes(parts, starts), n_draws, seed)
+
+
+def _importance_sample(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                       modes: list[tuple[np.ndarray, float, np.ndarray]], n_draws: int, seed: int
+                       ) -> tuple[list[ResidualGP], float]:
+    """:func:`sample_hyperparameters` given the local ``modes`` already found."""
     from scipy.special import logsumexp
 
-    X, r = np.asarray(X, float), np.asarray(r, float)
-    w = np.ones(len(r)) if weights is None else np.asarray(weights, float)
-    parts = _parts(X, r, group, w)
     rng = np.random.default_rng(seed)
-    modes = _modes(parts, starts)
     means = np.array([m for m, _, _ in modes])
     covs = np.array([c for _, _, c in modes])
     logmass = _log_masses(modes)
