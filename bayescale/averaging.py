@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -319,8 +320,8 @@ class Fold:
 
 
 def forward_folds(runs: Any, law: str, config: Any, rng_key: Any, *, quiet: bool = True,
-                  warm_start: Any = None, progress: str | None = None, gp_start: Any = None
-                  ) -> tuple[list[float], list[Fold]]:
+                  warm_start: Any = None, progress: str | None = None, gp_start: Any = None,
+                  executor: Executor | None = None) -> tuple[list[float], list[Fold]]:
     """Leave-future-out predictions of ``law`` at the cut points of ``runs``.
 
     The first cut is an exact refit of the runs below it (priors anchored on those runs, as a
@@ -332,7 +333,10 @@ def forward_folds(runs: Any, law: str, config: Any, rng_key: Any, *, quiet: bool
     where the table has them. ``progress`` (the law's stage label) shows a progress line on
     stderr for each exact refit ("LABEL, forward cut 2/3"); None shows none. With
     ``config.structured_discrepancy`` each cut's law gets its misfit process, fitted to the runs
-    below the cut (from ``gp_start``, the full table's process, where given).
+    below the cut (from ``gp_start``, the full table's process, where given; ``gp_start`` may be a
+    :class:`~concurrent.futures.Future` of it). ``executor`` (one worker): where the cuts' processes
+    are fitted, so that a cut's process search (numpy) runs while the next cut samples (JAX); the
+    folds are the same as without it.
     """
     import jax
 
@@ -351,6 +355,20 @@ def forward_folds(runs: Any, law: str, config: Any, rng_key: Any, *, quiet: bool
     gi = None if grp.pooling is None else grp.index
     se = measurement_se(runs)
     at = lambda x, sel: None if x is None else x[sel]  # noqa: E731
+
+    def misfit(m: np.ndarray, fut: np.ndarray, mu_all: np.ndarray, lw: np.ndarray | None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """The process learned below the cut, carried to the runs above: its mean and variance there."""
+        fitted = np.flatnonzero(m)
+        r = residuals(ly[fitted], mu_all[:, fitted], lw)
+        X = features(N[fitted], D[fitted])
+        start = gp_start.result() if isinstance(gp_start, Future) else gp_start
+        gp, w = fit_gp(X, r, at(gi, fitted), likelihood=config.likelihood, nu=config.nu, start=start)
+        shift, var = gp.predict(X, r, features(N[fut], D[fut]), group=at(gi, fitted), group_s=at(gi, fut),
+                                weights=w)
+        return shift, gp.noise**2 + var
+
+    pending: list[tuple[Any, ...]] = []  # per cut: what its Fold needs, its process (or the future of it)
     for k, c in enumerate(cuts):
         m = C < c
         lw, khat, method = None, None, "exact"
@@ -377,26 +395,26 @@ def forward_folds(runs: Any, law: str, config: Any, rng_key: Any, *, quiet: bool
         fut = np.flatnonzero(~m)
         # at every run (one shape for every cut: the jitted law compiles once), then split
         mu_all = log_mean_draws(law, ref[1], lN, lD, ref[2], group=gi)  # (S, runs)
-        mu = mu_all[:, fut]
         sigma = ref[1]["sigma"][:, None] if gi is None else ref[1]["g_sigma"][:, gi[fut]]
+        gp: Any = None
         if config.structured_discrepancy:  # the misfit learned below the cut, carried to the runs above
-            fitted = np.flatnonzero(m)
-            r = residuals(ly[fitted], mu_all[:, fitted], lw)
-            X = features(N[fitted], D[fitted])
-            gp, w = fit_gp(X, r, at(gi, fitted), likelihood=config.likelihood, nu=config.nu, start=gp_start)
-            shift, var = gp.predict(X, r, features(N[fut], D[fut]), group=at(gi, fitted), group_s=at(gi, fut),
-                                    weights=w)
-            mu = mu + shift
-            sigma = np.sqrt(gp.noise**2 + var)[None, :]
-        if se is not None:
-            sigma = np.sqrt(sigma**2 + se[fut] ** 2)
-        sigma = np.broadcast_to(sigma, mu.shape)
-        d = extrapolation_distance(N[fut], D[fut], DataRange.of(N[m], D[m], C[m]), C[fut])
-        folds.append(Fold(float(c), int(m.sum()), fut, mu, sigma, d, lw, method, khat))
+            gp = (misfit(m, fut, mu_all, lw) if executor is None
+                  else executor.submit(misfit, m, fut, mu_all, lw))
+        pending.append((float(c), m, fut, mu_all[:, fut], sigma, gp, lw, method, khat))
         if not quiet:
             how = "refit" if method == "exact" else f"PSIS, k={khat:.2f}"
             print(f"  {law}: cut at C = {c:.3g}: {m.sum()} runs fitted, {len(fut)} scored ({how})",
                   file=sys.stderr, flush=True)
+    for c, m, fut, mu, sigma, gp, lw, method, khat in pending:
+        if gp is not None:
+            shift, var = gp.result() if isinstance(gp, Future) else gp
+            mu = mu + shift
+            sigma = np.sqrt(var)[None, :]
+        if se is not None:
+            sigma = np.sqrt(sigma**2 + se[fut] ** 2)
+        sigma = np.broadcast_to(sigma, mu.shape)
+        d = extrapolation_distance(N[fut], D[fut], DataRange.of(N[m], D[m], C[m]), C[fut])
+        folds.append(Fold(c, int(m.sum()), fut, mu, sigma, d, lw, method, khat))
     return cuts, folds
 
 
@@ -499,15 +517,27 @@ def fit_family(runs: Any, config: Any, *, quiet: bool = False, source: str | Non
     fits, folds, cuts, gps = {}, {}, [], {}
     per_law = {law: replace(config, law=law, priors=tuple(law_overrides(law, dict(config.priors), tuple(laws)).items()))
                for law in laws}  # every override checked before any fitting
-    for j, law in enumerate(laws):
-        k_fit, k_lfo = jax.random.split(jax.random.fold_in(key, j))
-        stage = f"{law} law {j + 1}/{len(laws)}" if progress else None
-        fits[law] = fit_law(runs, law, per_law[law], k_fit, quiet=quiet, family=tuple(laws),
-                            progress=None if stage is None else f"{stage}, all runs")
-        if config.structured_discrepancy:
-            gps[law] = _discrepancy_process(runs, fits[law], config)
-        cuts, folds[law] = forward_folds(runs, law, per_law[law], k_lfo, quiet=quiet, warm_start=fits[law].adapted,
-                                         progress=stage, gp_start=gps[law][0] if law in gps else None)
+    keys = [jax.random.split(jax.random.fold_in(key, j)) for j in range(len(laws))]  # (full fit, forward folds)
+    stages = [f"{law} law {j + 1}/{len(laws)}" if progress else None for j, law in enumerate(laws)]
+    # Every law's full fit first, then every law's forward folds: a law's misfit process (numpy,
+    # seconds) is searched on a worker thread while the next laws sample (JAX), and each cut's
+    # process while the next cut samples. The order changes no number: each law has its own keys.
+    pool = ThreadPoolExecutor(max_workers=1)  # one worker: the tasks run in the order submitted
+    try:
+        for j, law in enumerate(laws):
+            fits[law] = fit_law(runs, law, per_law[law], keys[j][0], quiet=quiet, family=tuple(laws),
+                                progress=None if stages[j] is None else f"{stages[j]}, all runs")
+            if config.structured_discrepancy:
+                gps[law] = _discrepancy_process(runs, fits[law], config, pool)
+        for j, law in enumerate(laws):
+            # the full table's mode, where the cuts' searches start (queued behind the law's own search)
+            start = pool.submit(lambda f: f.result()[0], gps[law]) if law in gps else None
+            cuts, folds[law] = forward_folds(runs, law, per_law[law], keys[j][1], quiet=quiet,
+                                             warm_start=fits[law].adapted, progress=stages[j], gp_start=start,
+                                             executor=pool)
+        gps = {law: f.result() for law, f in gps.items()}
+    finally:  # an error or an interrupt drops the searches not yet started
+        pool.shutdown(wait=True, cancel_futures=True)
     cal = calibrate(laws, np.log(runs["loss"].to_numpy(float)), folds, likelihood=config.likelihood, nu=config.nu,
                     independent=config.structured_discrepancy)
     rng = np.random.default_rng(config.seed)
@@ -563,10 +593,12 @@ def fit_family(runs: Any, config: Any, *, quiet: bool = False, source: str | Non
     return idata
 
 
-def _discrepancy_process(runs: Any, fit: Any, config: Any) -> tuple[Any, np.ndarray, np.ndarray, dict[str, Any]]:
+def _discrepancy_process(runs: Any, fit: Any, config: Any, executor: Executor
+                         ) -> Future[tuple[Any, np.ndarray, np.ndarray, dict[str, Any]]]:
     """A law's discrepancy process (:mod:`bayescale.discrepancy`) fitted to its residuals from its
     full-data posterior mean: its hyperparameters' mode, those residuals (a grouped fit's by each
-    run's group), the runs' robustness weights, and the hyperparameters' posterior draws (JSON)."""
+    run's group), the runs' robustness weights, and the hyperparameters' posterior draws (JSON).
+    The residuals are computed here (JAX); the search and sampling (numpy) run on ``executor``."""
     from .discrepancy import features, hyper_draws_to_json, hyperparameter_posterior, residuals
     from .inference import log_mean_draws
 
@@ -575,6 +607,10 @@ def _discrepancy_process(runs: Any, fit: Any, config: Any) -> tuple[Any, np.ndar
     gi = None if fit.groups_ is None or fit.groups_.pooling is None else fit.groups_.index
     flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in fit.samples.items()}
     r = residuals(ly, log_mean_draws(fit.law, flat, np.log(N), np.log(D), fit.anchors, group=gi))
-    gp, w, draws, ess = hyperparameter_posterior(features(N, D), r, gi, likelihood=config.likelihood, nu=config.nu,
-                                                 seed=config.seed)
-    return gp, r, w, hyper_draws_to_json(draws, ess)
+
+    def search() -> tuple[Any, np.ndarray, np.ndarray, dict[str, Any]]:
+        gp, w, draws, ess = hyperparameter_posterior(features(N, D), r, gi, likelihood=config.likelihood,
+                                                     nu=config.nu, seed=config.seed)
+        return gp, r, w, hyper_draws_to_json(draws, ess)
+
+    return executor.submit(search)
