@@ -74,7 +74,12 @@ def test_logo_ranks_pooling_and_matches_a_direct_refit(grouped, tmp_path, capsys
     # through the CLI: the LOO table, then the by-group table, and one JSON object with --json
     assert main(["compare", *map(str, paths.values()), "--by-group", "--json", "-q"]) == 0
     obj = json.loads(capsys.readouterr().out)
-    assert [r["model"] for r in obj["by_group"]["table"]][-1] == "separate"
+    # pooling predicts a new group best (here by about 35 nats); one law for all and separate fits
+    # may come in either order: leaving out the group far from the other two costs one law for all
+    # about 50 nats there (measured: 66.1 / 30.8 / 15.2 for pooled / separate / one, dse 43)
+    by = obj["by_group"]["table"]
+    assert by[0]["model"] == "pooled" and {r["model"] for r in by} == {"pooled", "one", "separate"}
+    assert [r["elpd_logo"] for r in by] == sorted((r["elpd_logo"] for r in by), reverse=True)
     assert {r["model"] for r in obj["table"]} == {"pooled", "one", "separate"}
 
 
