@@ -52,30 +52,19 @@ def main() -> None:
 
     runs = bs.load_runs("chinchilla", filter="kept_by_epoch == 1")
     t0 = time.perf_counter()
-    post = bs.fit(runs, FitConfig(law="chinchilla", warmup=500, draws=500), quiet=True)
-    names = ("E", "A", "B", "alpha", "beta", "sigma")
-    draws = {k: np.asarray(post.posterior[k].values).ravel() for k in names}
+    truths = truth_draws(runs, a.seeds)
     print(f"truths: draws of the Chinchilla-law posterior of {len(runs)} rows ({time.perf_counter() - t0:.0f} s)")
 
-    n = np.geomspace(runs["N"].min(), runs["N"].max(), a.grid)
-    d = np.geomspace(runs["D"].min(), runs["D"].max(), a.grid)
-    NN, DD = (x.ravel() for x in np.meshgrid(n, d, indexing="ij"))
-    cost = 6.0 * NN * DD
+    NN, DD, cost, start, lattice = make_pool(runs, a.grid)
     budget = a.budget_pct / 100 * float(cost.sum())
     batch = budget / a.iterations
-    start = lp.oracle_start(pd.DataFrame({"N": NN}), cost, 5)
-    lattice = [i for i in np.argsort(cost, kind="stable")
-               if (i // a.grid) % 3 == 1 and (i % a.grid) % 3 == 1 and i not in start]
     obj = lp.Objective("n_opt", C_TARGET)
     cfg = FitConfig(law="chinchilla", warmup=a.warmup, draws=a.draws)
     print(f"pool: {a.grid} x {a.grid} log grid, {cost.sum():.3e} FLOP in all; budget {budget:.3e} FLOP "
           f"({a.budget_pct:g}%) in {a.iterations} batches; start: the 5 cheapest runs")
 
-    rng = np.random.default_rng(0)
-    picks = rng.choice(len(draws["E"]), size=a.seeds, replace=False)
     curves: dict[str, list[list[tuple[float, float]]]] = {k: [] for k in NAMES}
-    for s, j in enumerate(picks):
-        truth = {k: float(v[j]) for k, v in draws.items()}
+    for s, truth in enumerate(truths):
         r = np.random.default_rng(100 + s)
         noise = truth["sigma"] * r.standard_t(4.0, size=len(NN))
         y = np.asarray(loss("chinchilla", truth, NN, DD)) * np.exp(noise)
@@ -107,6 +96,28 @@ def main() -> None:
         print(f"EIG FLOPs to reach {other}'s final width / {other}'s FLOPs: median "
               f"{np.median(shares):.3f} (per truth: {', '.join(f'{x:.3f}' for x in shares)}; inf: never within "
               "the budget; target <= 1/3)")
+
+
+def truth_draws(runs: pd.DataFrame, seeds: int) -> list[dict[str, float]]:
+    """One posterior draw of the Chinchilla law, fitted to ``runs``, per seed (the simulated truths)."""
+    post = bs.fit(runs, FitConfig(law="chinchilla", warmup=500, draws=500), quiet=True)
+    names = ("E", "A", "B", "alpha", "beta", "sigma")
+    draws = {k: np.asarray(post.posterior[k].values).ravel() for k in names}
+    picks = np.random.default_rng(0).choice(len(draws["E"]), size=seeds, replace=False)
+    return [{k: float(v[j]) for k, v in draws.items()} for j in picks]
+
+
+def make_pool(runs: pd.DataFrame, grid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int], list[int]]:
+    """The candidate pool (a ``grid`` x ``grid`` log grid over the rows' N and D ranges): N, D, cost,
+    the start (the 5 cheapest) and the fixed plan's runs in the order it buys them."""
+    n = np.geomspace(runs["N"].min(), runs["N"].max(), grid)
+    d = np.geomspace(runs["D"].min(), runs["D"].max(), grid)
+    NN, DD = (x.ravel() for x in np.meshgrid(n, d, indexing="ij"))
+    cost = 6.0 * NN * DD
+    start = lp.oracle_start(pd.DataFrame({"N": NN}), cost, 5)
+    lattice = [int(i) for i in np.argsort(cost, kind="stable")
+               if (i // grid) % 3 == 1 and (i % grid) % 3 == 1 and i not in start]
+    return NN, DD, cost, start, lattice
 
 
 def flops_to_reach(curve: list[tuple[float, float]], width: float) -> float:
