@@ -13,7 +13,8 @@ model below 1e9 parameters is fitted; the 1.4B and 6.9B models are predicted (72
 losses). Printed for each pooling (``pooled``: the default; ``one``: ``--share all``, one law for
 all groups; ``separate``: ``--separate all``; two variants, run only when named in ``--poolings``:
 ``amplitudes-separate``, where each group's law sits separate and its exponents and noise pooled,
-and ``exponents-separate``, the reverse; ``--factors dataset eval_set`` pools the groups as two
+``exponents-separate``, the reverse, and ``shares-separate``, where only how each group's loss
+splits between E and the reducible terms is separate; ``--factors dataset eval_set`` pools the groups as two
 crossed factors instead of 24 exchangeable groups):
 
 * median relative error of the predictive median on ``c4_val`` and on all 72;
@@ -22,6 +23,10 @@ crossed factors instead of 24 exchangeable groups):
 * sampling: seconds, max R-hat, min bulk ESS and divergences over every parameter (population,
   spreads and groups), beside an ungrouped fit of the same rows (one law, one noise, no groups),
   timed in the same process.
+
+``--fit-below 2e8 --predict-below 1e9`` moves the split inside the issue's training rows (fit the
+6M-125M models, predict the 360M ones): a forward check that chooses between poolings without
+looking at the 1.4B and 6.9B models.
 
 The predictive distribution of a held-out loss is the group's law plus the learned noise and the
 row's own measurement error, as the likelihood has them.
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from dataclasses import replace
@@ -51,7 +57,10 @@ POOLINGS = {"pooled": {}, "one": {"share": ("all",)}, "separate": {"separate": (
             # at the pivot and the reducible terms' shares) separate, the rest pooled; and the
             # exponents separate, the rest pooled
             "amplitudes-separate": {"separate": ("L0", "A", "B", "E", "N_c")},
-            "exponents-separate": {"separate": ("alpha", "beta", "alpha_N", "alpha_D")}}
+            "exponents-separate": {"separate": ("alpha", "beta", "alpha_N", "alpha_D")},
+            # how each group's loss splits between E and the reducible terms (the share logits) separate,
+            # its loss at the pivot, exponents and noise pooled
+            "shares-separate": {"separate": ("A", "B", "E", "N_c")}}
 DEFAULT_POOLINGS = ("pooled", "one", "separate")
 FACTORS = ()  # the groups are the (dataset, eval_set) combinations, exchangeable (as `--group dataset,eval_set`)
 
@@ -151,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--factors", nargs="*", default=list(FACTORS), metavar="COLUMN",
                     help="crossed factors the groups are made of (e.g. dataset eval_set: each column's levels "
                     "get their own effects); default: the 24 groups exchangeable")
+    ap.add_argument("--fit-below", type=float, default=1e9,
+                    help="fit the models below this many parameters (default 1e9, the issue's split)")
+    ap.add_argument("--predict-below", type=float, default=math.inf,
+                    help="predict the models from --fit-below up to this size (default: all). "
+                         "--fit-below 2e8 --predict-below 1e9 is a forward check inside the issue's "
+                         "training rows: fit the 6M-125M models, predict the 360M ones")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     factors = tuple(a.factors)
@@ -161,10 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.perf_counter()
     table = long_table(a.data)
     runs = bs.load_runs(table)
-    train = runs[runs.N < 1e9].reset_index(drop=True)
-    test = runs[runs.N >= 1e9].reset_index(drop=True)
+    train = runs[runs.N < a.fit_below].reset_index(drop=True)
+    test = runs[(runs.N >= a.fit_below) & (runs.N < a.predict_below)].reset_index(drop=True)
+    sizes = ", ".join(f"{n / 1e6:.0f}M" for n in sorted(test.N.unique()))
     print(f"Gadre et al. 2024, long format: {runs.group.nunique()} groups; {len(train)} rows fitted "
-          f"(N < 1e9), {len(test)} held out (1.4B and 6.9B)", flush=True)
+          f"(N < {a.fit_below:.3g}), {len(test)} held out ({sizes})", flush=True)
     results: dict[str, Any] = {}
     # the ungrouped fit of the same rows, timed in this process (one law, one noise, no groups)
     flat = train.assign(group="all")
