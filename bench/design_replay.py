@@ -2,10 +2,10 @@
 
 The pool is the 240 rows (Besiroglu et al. 2024's reconstruction, ``kept_by_epoch == 1``); every
 strategy starts from the same cheapest rows and buys rows batch by batch (a row costs its 6ND and
-returns its published loss). The objective is N*(5.88e23) under the Chinchilla law (``--law``: another
-law, or the averaged family). A strategy is
-done when the posterior median of N* is within 10% of the full-pool median and its 90% interval
-is no wider than 1.5x the full-pool one; the figure is the FLOPs it bought to get there.
+returns its published loss). The objective is N*(5.88e23) under the Chinchilla law (``--law``:
+another law, or the averaged family). A strategy is done when the posterior median of N* is within
+10% of the full-pool median and its 90% interval is no wider than 1.5x the full-pool one; the
+figure is the FLOPs it bought to get there.
 
 Strategies: targeted EIG per FLOP (``bayescale.loop``'s design), random rows (several seeds) and
 cheapest-first. Printed: each one's FLOPs, and EIG / the better of the others (target <= 0.5).
@@ -25,6 +25,8 @@ import numpy as np
 import bayescale as bs
 from bayescale import loop as lp
 from bayescale.inference import FitConfig
+from bayescale.laws import LAWS
+from bayescale.store import AVERAGED
 
 C_TARGET = 5.88e23
 
@@ -40,7 +42,7 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=None, help="most batches per strategy (default: no limit)")
     ap.add_argument("--warmup", type=int, default=500, help="warm-up of each first fit (default 500)")
     ap.add_argument("--draws", type=int, default=500, help="draws per chain (default 500)")
-    ap.add_argument("--law", default="chinchilla",
+    ap.add_argument("--law", default="chinchilla", choices=(*LAWS, AVERAGED),
                     help="the law every refit uses, or averaged (the default model, refitted cold: ~4x slower); "
                          "the full-pool reference is fitted the same way (default chinchilla)")
     ap.add_argument("--quick", action="store_true",
