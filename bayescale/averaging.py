@@ -49,6 +49,7 @@ import numpy as np
 from scipy.special import gammaln, logsumexp
 
 from . import _jax  # noqa: F401  (float64)
+from .sampler import pad_runs
 
 #: cuts are placed between budget levels: runs whose log10 C differ by less than this are one level
 #: (an isoFLOP slice, or a table's rounding of its budgets)
@@ -209,9 +210,11 @@ def pointwise_log_density(
     scale = np.asarray(scale, float)
     sigma = np.asarray(sigma, float)
     sigma = sigma if sigma.ndim == 2 else sigma[:, None]
-    out = _log_density(jnp.asarray(y), jnp.asarray(mu), jnp.asarray(sigma), jnp.atleast_2d(scale), jnp.asarray(lw),
-                       likelihood=likelihood, nu=float(nu))
-    return np.asarray(out if scale.ndim == 2 else out[0])
+    n = len(y)  # padded to a bucketed size, so a growing table compiles this once per bucket
+    out = _log_density(pad_runs(y, n), pad_runs(mu, n), pad_runs(sigma, n), pad_runs(np.atleast_2d(scale), n),
+                       jnp.asarray(lw), likelihood=likelihood, nu=float(nu))
+    out = np.asarray(out)[:, :n]
+    return out if scale.ndim == 2 else out[0]
 
 
 @partial(jax.jit, static_argnames=("likelihood", "nu"))

@@ -46,7 +46,7 @@ from .models import (
     resolve_pooling,
     resolve_priors,
 )
-from .sampler import Draws, SamplerKey, WarmStart, bucket, compiled, pad
+from .sampler import Draws, SamplerKey, WarmStart, bucket, compiled, pad, pad_runs
 from .store import AVERAGED, META_KEY, SEP, law_view, laws_of, load_posterior, metadata, save_posterior
 
 __all__ = ["FitConfig", "diagnostics", "fit", "load_posterior", "metadata", "save_posterior"]
@@ -485,10 +485,12 @@ def pointwise_log_lik(
     For a grouped posterior (``g_NAME`` sites) each run is scored under its ``group``'s law;
     ``se`` adds runs' measurement errors to the noise.
     """
-    th = _per_run(law, samples, group)
-    return np.asarray(_log_lik(th, jnp.asarray(log_N) - anchors.log_N0, jnp.asarray(log_D) - anchors.log_D0,
-                               jnp.asarray(log_loss), None if se is None else jnp.asarray(se),
-                               law=law, likelihood=likelihood, nu=float(nu)))
+    n = len(log_N)
+    th = _per_run(law, samples, None if group is None else pad_runs(group, n))
+    out = _log_lik(th, pad_runs(np.asarray(log_N) - anchors.log_N0, n), pad_runs(np.asarray(log_D) - anchors.log_D0, n),
+                   pad_runs(log_loss, n), None if se is None else pad_runs(se, n),
+                   law=law, likelihood=likelihood, nu=float(nu))
+    return np.asarray(out)[..., :n]
 
 
 def with_log_likelihood(idata: Posterior) -> Posterior:
@@ -528,9 +530,11 @@ def with_log_likelihood(idata: Posterior) -> Posterior:
 def log_mean_draws(law: str, samples: dict[str, np.ndarray], log_N: np.ndarray, log_D: np.ndarray,
                    anchors: Anchors, group: np.ndarray | None = None) -> np.ndarray:
     """The law's log-mean loss under every draw at every run, shape ``(*draw_shape, runs)``."""
-    th = _per_run(law, samples, group)
-    return np.asarray(_log_mean(th, jnp.asarray(log_N) - anchors.log_N0, jnp.asarray(log_D) - anchors.log_D0,
-                                law=law))
+    n = len(log_N)
+    th = _per_run(law, samples, None if group is None else pad_runs(group, n))
+    n_c, d_c = pad_runs(np.asarray(log_N) - anchors.log_N0, n), pad_runs(np.asarray(log_D) - anchors.log_D0, n)
+    out = _log_mean(th, n_c, d_c, law=law)
+    return np.asarray(out)[..., :n]
 
 
 def _per_run(law: str, samples: dict[str, np.ndarray], group: np.ndarray | None) -> dict[str, jax.Array]:

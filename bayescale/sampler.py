@@ -385,3 +385,23 @@ def pad(x: np.ndarray, size: int, fill: float) -> np.ndarray:
     out = np.full(size, fill, dtype=float)
     out[: len(x)] = x
     return out
+
+
+def pad_runs(x: Any, n: int) -> np.ndarray:
+    """``x`` with its last (runs) axis of length ``n`` padded to :func:`bucket` ``(n)`` by repeating
+    its last entry; an axis of length 1 (broadcast over runs) is left alone.
+
+    Jitted per-run functions (log likelihoods, log means, held-out densities) then compile once per
+    bucket instead of once per table size: a design loop refits dozens of sizes in one process, and
+    every compiled program keeps LLVM memory mappings until the process ends (CPU JAX aborts with
+    "Unable to allocate section memory" once they pass the kernel's map limit). Repeating a real
+    entry keeps the padded terms finite; callers slice them off.
+    """
+    x = np.asarray(x)
+    if x.ndim == 0 or x.shape[-1] != n or n == 0:
+        return x
+    size = bucket(n)
+    if size == n:
+        return x
+    return np.concatenate([x, np.repeat(x[..., -1:], size - n, axis=-1)], axis=-1)
+
