@@ -150,8 +150,10 @@ class Fitter:
         import jax
 
         from .inference import fit_one_law
+        from .sampler import release_compiled
         from .store import AVERAGED
 
+        release_compiled()  # a long loop's compiled programs would otherwise exhaust the process's mappings
         t0 = time.perf_counter()
         cfg = self.config
         if cfg.law == AVERAGED:

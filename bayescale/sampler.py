@@ -405,3 +405,34 @@ def pad_runs(x: Any, n: int) -> np.ndarray:
         return x
     return np.concatenate([x, np.repeat(x[..., -1:], size - n, axis=-1)], axis=-1)
 
+
+def maps_in_use() -> tuple[int, int] | None:
+    """``(memory mappings this process holds, the kernel's limit)`` on Linux, else ``None``."""
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            used = sum(1 for _ in f)
+        with open("/proc/sys/vm/max_map_count") as f:
+            limit = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    return used, limit
+
+
+def release_compiled(threshold: float = 0.5) -> bool:
+    """Drop every compiled sampler and jax's jit caches when this process holds more than
+    ``threshold`` of the kernel's memory-mapping limit; return whether it did.
+
+    CPU XLA keeps each compiled program's code in LLVM mappings for as long as the program is
+    cached, so a process that compiles for many table sizes (a design loop crossing buckets, a
+    bench fitting many subsets) can reach ``vm.max_map_count`` and abort inside LLVM. Clearing
+    costs one recompilation per program still in use, so call this between fits, never inside one.
+    """
+    use = maps_in_use()
+    if use is None or use[0] <= threshold * use[1]:
+        return False
+    import gc
+
+    _COMPILED.clear()
+    jax.clear_caches()
+    gc.collect()
+    return True

@@ -24,15 +24,6 @@ TRUE_KAPLAN = {"E": 1.7, "N_c": 8.8e9, "D_c": 5.4e9, "alpha_N": 0.35, "alpha_D":
 MAPPINGS_RELEASE = 25_000
 
 
-def _mappings() -> int:
-    """Memory mappings this process holds (Linux); 0 where /proc does not say."""
-    try:
-        with open("/proc/self/maps", "rb") as f:
-            return sum(1 for _ in f)
-    except OSError:
-        return 0
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
     """Drop every compiled sampler and jitted program after a test module once the process holds
@@ -48,17 +39,11 @@ def _release_compiled_programs():
     subset 30 s).
     """
     yield
-    if _mappings() < MAPPINGS_RELEASE:
-        return
-    import gc
+    from bayescale.sampler import maps_in_use, release_compiled
 
-    import jax
-
-    from bayescale import sampler
-
-    sampler._COMPILED.clear()
-    jax.clear_caches()
-    gc.collect()
+    use = maps_in_use()
+    if use is not None:
+        release_compiled(threshold=MAPPINGS_RELEASE / use[1])
 
 
 @pytest.fixture
