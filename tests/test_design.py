@@ -306,3 +306,24 @@ def test_design_quiet_keeps_stderr_empty_and_the_table(small_fit, capsys):
     assert code == 0 and "design:" in err and "EIG" in out
     code, out_q, err_q = run_cli([*base, "-q"], capsys)
     assert code == 0 and err_q == "" and out_q == out
+
+
+def test_a_shrinking_pool_compiles_few_programs_and_chunking_changes_no_number():
+    """Candidate counts are rounded up to a quarter-octave of chunks: a replay whose pool shrinks by
+    a batch each iteration compiles a handful of EIG programs, not one per count, and a candidate's
+    EIG does not depend on how many others were scored beside it."""
+    rng = np.random.default_rng(5)
+    M = 64
+    mu = rng.normal(0.0, 0.3, (300, M))
+    phi = mu[0][:, None] + rng.normal(0.0, 0.1, (M, 1))
+    s = np.full_like(mu, 0.2)
+    lik = dz.LocationScale("student_t", 4.0)
+    ref = dz.mutual_information(lik, (mu[:19], s[:19]), phi=phi, bounds=False)
+    before = dz._chunked._cache_size()
+    sizes = range(300, 129, -7)  # 25 pool sizes, 9-19 chunks
+    for C in sizes:
+        r = dz.mutual_information(lik, (mu[:C], s[:C]), phi=phi, bounds=False)
+        np.testing.assert_allclose(r["eig"][:19], ref["eig"], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(r["targeted"][:19], ref["targeted"], rtol=1e-12, atol=1e-14)
+    assert dz._chunked._cache_size() - before <= 5  # chunk counts 10, 12, 14, 16, 20
+    assert [dz._chunk_bucket(n) for n in (1, 8, 9, 17, 63, 65)] == [1, 8, 10, 20, 64, 80]
