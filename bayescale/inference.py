@@ -386,8 +386,9 @@ def fit(
     cfg = config or FitConfig()
     if len(runs) < MIN_RUNS:
         raise InputError(f"{len(runs)} runs are too few to fit a 5-parameter law; expected at least {MIN_RUNS}")
-    from .sampler import progress_enabled
+    from .sampler import progress_enabled, release_compiled
 
+    release_compiled()  # a script fitting many tables in one process must not run out of memory mappings
     show = progress_enabled(quiet) if progress is None else bool(progress)
     if cfg.law == AVERAGED:
         from .averaging import fit_family

@@ -87,6 +87,7 @@ def test_pad_runs_repeats_the_last_run_and_leaves_broadcast_axes():
     assert sampler.pad_runs(col, 5) is not None and sampler.pad_runs(col, 5).shape == (2, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sampler.maps_in_use() is None, reason="memory mappings are counted from /proc (Linux)")
 def test_release_compiled_frees_mappings_and_a_later_fit_still_works(chinchilla_runs):
     from bayescale.inference import FitConfig, fit
