@@ -487,9 +487,8 @@ def pointwise_log_lik(
     ``se`` adds runs' measurement errors to the noise.
     """
     n = len(log_N)
-    th = _per_run(law, samples, None if group is None else pad_runs(group, n))
-    out = _log_lik(th, pad_runs(np.asarray(log_N) - anchors.log_N0, n), pad_runs(np.asarray(log_D) - anchors.log_D0, n),
-                   pad_runs(log_loss, n), None if se is None else pad_runs(se, n),
+    th, n_c, d_c = _padded_runs(law, samples, log_N, log_D, anchors, group)
+    out = _log_lik(th, n_c, d_c, pad_runs(log_loss, n), None if se is None else pad_runs(se, n),
                    law=law, likelihood=likelihood, nu=float(nu))
     return np.asarray(out)[..., :n]
 
@@ -531,11 +530,17 @@ def with_log_likelihood(idata: Posterior) -> Posterior:
 def log_mean_draws(law: str, samples: dict[str, np.ndarray], log_N: np.ndarray, log_D: np.ndarray,
                    anchors: Anchors, group: np.ndarray | None = None) -> np.ndarray:
     """The law's log-mean loss under every draw at every run, shape ``(*draw_shape, runs)``."""
+    th, n_c, d_c = _padded_runs(law, samples, log_N, log_D, anchors, group)
+    return np.asarray(_log_mean(th, n_c, d_c, law=law))[..., :len(log_N)]
+
+
+def _padded_runs(law: str, samples: dict[str, np.ndarray], log_N: np.ndarray, log_D: np.ndarray, anchors: Anchors,
+                 group: np.ndarray | None) -> tuple[dict[str, jax.Array], np.ndarray, np.ndarray]:
+    """The per-run sites and centred log N, log D, padded to the runs' bucket (see
+    :func:`bayescale.sampler.pad_runs`): the jitted functions then compile once per bucket."""
     n = len(log_N)
     th = _per_run(law, samples, None if group is None else pad_runs(group, n))
-    n_c, d_c = pad_runs(np.asarray(log_N) - anchors.log_N0, n), pad_runs(np.asarray(log_D) - anchors.log_D0, n)
-    out = _log_mean(th, n_c, d_c, law=law)
-    return np.asarray(out)[..., :n]
+    return th, pad_runs(np.asarray(log_N) - anchors.log_N0, n), pad_runs(np.asarray(log_D) - anchors.log_D0, n)
 
 
 def _per_run(law: str, samples: dict[str, np.ndarray], group: np.ndarray | None) -> dict[str, jax.Array]:
