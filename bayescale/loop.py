@@ -153,9 +153,10 @@ class Fitter:
         from .sampler import release_compiled
         from .store import AVERAGED
 
-        release_compiled()  # a long loop's compiled programs would otherwise exhaust the process's mappings
-        t0 = time.perf_counter()
         cfg = self.config
+        if cfg.law != AVERAGED:  # bs.fit, which the averaged refit goes through, does this itself
+            release_compiled()  # a long loop's compiled programs would otherwise exhaust the process's mappings
+        t0 = time.perf_counter()
         if cfg.law == AVERAGED:
             from .inference import fit
 
