@@ -502,7 +502,7 @@ class Pooling:
 
     def centred(self, factor: int, law: str) -> tuple[str, ...]:
         """Coordinates of ``law`` sampled centred in ``factor`` (see :data:`CENTRED`)."""
-        return CENTRED if self.levels[factor] >= CENTRE_MIN_GROUPS.get(law, 8) else ()
+        return tuple(p for p, k in CENTRED.get(law, {}).items() if self.levels[factor] >= k)
 
     def dim(self, law: str) -> int:
         """Number of group coordinates: a log spread per pooled parameter and factor, an effect
@@ -547,7 +547,7 @@ def resolve_pooling(cells: Any, family: tuple[str, ...], *, pool: tuple[str, ...
 
 #: coordinates whose effects are sampled centred (the group's own value with a Normal(population,
 #: spread) prior, see :func:`_absolute`; with crossed factors, offsets of that spread) in a factor
-#: of at least CENTRE_MIN_GROUPS levels: the loss at the pivot is pinned by any group's runs, and a
+#: of at least the given number of levels: the loss at the pivot is pinned by any group's runs, and a
 #: non-centred effect of a well-identified value ties its eps to its spread, a thin curved ridge
 #: (24 Gadre groups as one factor, non-centred: 540 leapfrog steps per draw; centred: 135, at 500
 #: warm-up draws). This holds with few groups too. Gadre's c4_val, the Chinchilla law, seeds 0-3
@@ -563,8 +563,18 @@ def resolve_pooling(cells: Any, family: tuple[str, ...], *, pool: tuple[str, ...
 #: mass, non-centred: 1.003-1.008 on the 4 seeds). The other coordinates are weakly identified per
 #: group and stay non-centred (centring the exponents too did not cut the steps; centring sigma
 #: too added divergences).
-CENTRED = ("L0",)
-CENTRE_MIN_GROUPS = {"chinchilla": 2, "shared": 2, "kaplan": 8}
+#:
+#: The shared law's one exponent is centred too from 16 groups up. It carries both terms' decay,
+#: so it varies between groups more than either Chinchilla exponent (spread 0.19 on its log scale
+#: on Gadre's 24 groups) and each group's runs pin it: non-centred, it was the worst-mixed
+#: coordinate of the averaged 24-group fit (population alpha R-hat 1.033, bulk ESS 263). Fitted
+#: alone on the 24 groups, seeds 0-2: centred, 31 leapfrog steps per draw instead of 62-63, bulk
+#: ESS 436, 551, 400 against 423, 382, 296, 20-27 s against 27-28 s, the same held-out figures
+#: (log score 111.0-111.2 both ways). On 3 groups (c4_val's training sets) it diverged on every
+#: seed (69-215 divergent transitions, none non-centred), as a spread that 3 groups barely
+#: identify makes a funnel of centred values; on 8 (one training set's evaluation sets, seeds
+#: 0-2) it halved the steps too (47-62 against 115-126) but left 0, 2 and 2 divergent transitions.
+CENTRED = {"chinchilla": {"L0": 2}, "shared": {"L0": 2, "alpha": 16}, "kaplan": {"L0": 8}}
 
 
 def _split_group_coords(law: str, h: Array, pooling: Pooling) -> tuple[Array, list[Array], Array]:
