@@ -154,15 +154,17 @@ class Fitter:
         from .store import AVERAGED
 
         cfg = self.config
-        if cfg.law != AVERAGED:  # bs.fit, which the averaged refit goes through, does this itself
-            release_compiled()  # a long loop's compiled programs would otherwise exhaust the process's mappings
-        t0 = time.perf_counter()
         if cfg.law == AVERAGED:
             from .inference import fit
 
+            t0 = time.perf_counter()
             idata = fit(runs, replace(cfg, seed=cfg.seed + iteration), quiet=True, source=source)
             self.seconds.append(time.perf_counter() - t0)
             return idata
+        # bs.fit does this for the averaged refit: a long loop's compiled programs would otherwise
+        # exhaust the process's mappings
+        release_compiled()
+        t0 = time.perf_counter()
         # one law, started where the last fit ended (its adaptation too), with a shorter warm-up
         run_cfg = cfg if self.warm is None else replace(cfg, warmup=min(cfg.warmup, self.warm_warmup))
         key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), iteration)

@@ -155,10 +155,10 @@ def test_centred_exponent_prior_is_normal_around_the_population():
             want += stats.norm.logpdf(raw[:, j], u[j], tau[j]).sum()
         else:
             want += stats.norm.logpdf(raw[:, j]).sum()
-    want -= G * (len(names)) * stats.norm.logpdf(0.0)  # the model drops the normals' constant
+    want -= G * len(names) * stats.norm.logpdf(0.0)  # the model drops the normals' constant
     want -= len(names) * np.log(np.sqrt(2 / np.pi))  # ... and the half-normals'
     assert got == pytest.approx(want, rel=1e-10)
-    # each group's value of a centred coordinate is its sampled column, of the others u + tau * eps
+    # each group's exponent is its sampled column, and the spread the exponentiated log spread
     sites, spreads, _ = group_sites(law, jnp.asarray(u), jnp.asarray(h), pooling)
     j = names.index("alpha")
     np.testing.assert_allclose(np.log(np.asarray(sites["alpha"])), raw[:, j], rtol=1e-12)
