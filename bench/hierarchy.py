@@ -15,7 +15,8 @@ all groups; ``separate``: ``--separate all``; two variants, run only when named 
 ``amplitudes-separate``, where each group's law sits separate and its exponents and noise pooled,
 ``exponents-separate``, the reverse, and ``shares-separate``, where only how each group's loss
 splits between E and the reducible terms is separate; ``--factors dataset eval_set`` pools the groups as two
-crossed factors instead of 24 exchangeable groups):
+crossed factors instead of 24 exchangeable groups, ``--factors eval_set group`` each group as a deviation
+from its evaluation set's law):
 
 * median relative error of the predictive median on ``c4_val`` and on all 72;
 * the share of the 72 inside their 90% predictive intervals;
