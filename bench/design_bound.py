@@ -42,7 +42,8 @@ models or one run of each size, largest first, as the rest of the budget allows)
 random ones (the cheapest K rows, K at random, then rows in random order while they fit).
 ``--local K`` then hill-climbs from the narrowest of them: K times, swap 1-3 of its rows for
 others in random order while they fit, keeping a swap that narrows the width with the median still
-within 10%; the best set is refitted with another seed, since widths at 300 draws are noisy. A
+within 10% (``--costly-swaps``: drop rows in proportion to their cost, so that a set holding
+large models can move); the best set is refitted with another seed, since widths at 300 draws are noisy. A
 search, not a bound: a set it did not try may do better. The reference is design_replay's (1000
 warm-up and 1000 draws on the full pool); every subset is fitted at 300 and 300, as its loop refits.
 
@@ -369,7 +370,9 @@ def search(a: argparse.Namespace) -> None:
         rng = np.random.default_rng(1)
         tried = 0
         for it in range(a.local):
-            drop = rng.choice(idx, size=int(rng.integers(1, 4)), replace=False)
+            size = min(int(rng.integers(1, 4)), len(idx) - 1)
+            # --costly-swaps: drop rows in proportion to their cost, so a set full of large models can move
+            drop = rng.choice(idx, size=size, replace=False, p=cost[idx] / cost[idx].sum() if a.costly_swaps else None)
             keep = np.setdiff1d(idx, drop)
             cand = fill(keep, rng.permutation(np.setdiff1d(np.arange(len(runs)), idx)))
             if len(cand) == len(keep):
@@ -414,6 +417,8 @@ def main() -> None:
                          "cheapest-first needs, found by bisection)")
     ap.add_argument("--local", type=int, default=0,
                     help="--search: then this many swaps of a local search from the narrowest set (default 0)")
+    ap.add_argument("--costly-swaps", action="store_true",
+                    help="--local: drop rows in proportion to their cost rather than uniformly")
     ap.add_argument("--init", type=int, default=6, help="--replay: the cheapest rows it starts from (default 6)")
     ap.add_argument("--batch-pct", type=float, default=3.0,
                     help="--replay: random's batches, %% of the pool (default 3)")
