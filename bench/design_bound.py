@@ -314,8 +314,11 @@ def search(a: argparse.Namespace) -> None:
     ref, ref_idata = summary(np.arange(len(runs)), replace_cfg(cfg, 1000))  # design_replay's reference
     limit = 1.5 * ref["width90"]
 
+    def near(s: dict) -> bool:
+        return abs(s["q50"] / ref["q50"] - 1) <= 0.10
+
     def meets(s: dict) -> bool:
-        return abs(s["q50"] / ref["q50"] - 1) <= 0.10 and s["width90"] <= limit
+        return near(s) and s["width90"] <= limit
 
     head = (f"full pool: N*({C_TARGET:.3g}) = {ref['q50']:.4g} [{ref['q05']:.4g}, {ref['q95']:.4g}], log width "
             f"{ref['width90']:.3f} (criterion: median within 10%, width <= {limit:.3f}); ")
@@ -379,7 +382,7 @@ def search(a: argparse.Namespace) -> None:
                 continue  # nothing else fits the budget
             tried += 1
             s, cand_idata = summary(cand)
-            if s["width90"] < best["width90"] and abs(s["q50"] / ref["q50"] - 1) <= 0.10:
+            if s["width90"] < best["width90"] and near(s):
                 idx, best, idata = cand, s, cand_idata
                 print(f"  swap {it:>3}: {len(idx)} rows, {cost[idx].sum() / total:.3f}, median/full "
                       f"{s['q50'] / ref['q50']:.3f}, log width {s['width90']:.3f}", flush=True)
@@ -389,7 +392,8 @@ def search(a: argparse.Namespace) -> None:
               f"{again['width90']:.3f}, median/full {again['q50'] / ref['q50']:.3f}", flush=True)
         narrowest = (f"{name}, after the local search", idx, best, idata)
         k = int(np.argmin(np.isin(order, idx)))  # the cheapest k rows are all in the set
-        extra = sorted(((NN[j], runs["D"].iloc[j]) for j in idx if j not in set(order[:k])), reverse=True)
+        others = np.setdiff1d(idx, order[:k])
+        extra = sorted(zip(NN[others], runs["D"].to_numpy(float)[others], strict=True), reverse=True)
         print(f"  the set: the cheapest {k} rows and {len(extra)} others, the largest "
               + ", ".join(f"{n / 1e6:.0f}M x {d / 1e9:.2g}B" for n, d in extra[:8]), flush=True)
     for name, *_, idata in (("the full pool", None, None, ref_idata), narrowest):
