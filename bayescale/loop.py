@@ -18,17 +18,20 @@ Two pools:
   trained): a killed loop, re-run with the same command, finishes the batch it was training and
   goes on exactly as the uninterrupted loop would have.
 
-Fits. The default is one law (``chinchilla``): a loop refits many times, and a single law refits
-in seconds where the averaged family takes about four times as long (its forward-validation
-refits). Each single-law refit goes through :func:`bayescale.inference.fit_one_law`, whose
-sampler is compiled once (:class:`bayescale.sampler.CompiledNUTS`, padded to a power-of-two
-bucket, so a growing table recompiles only when it crosses one), and starts from the previous
-fit's chains and adaptation (:class:`bayescale.sampler.WarmStart`) with a shorter warm-up. That is
-sound: the target is the same law with the same priors, anchored on the new table exactly as a
-cold fit anchors them; only where the chains start and the warm-up's first guesses differ, and
-the warm-up still adapts step size and mass matrix to the new posterior (a few more runs move it
-little). The averaged family (``law="averaged"``) refits cold through :func:`bayescale.fit`:
-:func:`bayescale.inference.fit` takes no warm start.
+Fits. The default is the averaged family (``law="averaged"``), the model ``bayescale fit`` fits by
+default: a loop that decides what to train beyond its runs needs the family's intervals, and one
+law's are too narrow there (replaying the Chinchilla table, the one-law loop ended with an interval
+that excluded the full table's N*, the family's did not; see the README). The family refits cold
+through :func:`bayescale.averaging.fit_family` (not :func:`bayescale.fit`, which refuses fewer than
+``MIN_RUNS`` runs: a loop may start from three), in about four times the time of one law.
+``law="chinchilla"`` (or another law) refits one law through
+:func:`bayescale.inference.fit_one_law`, whose sampler is compiled once
+(:class:`bayescale.sampler.CompiledNUTS`, padded to a power-of-two bucket, so a growing table
+recompiles only when it crosses one), starting from the previous fit's chains and adaptation
+(:class:`bayescale.sampler.WarmStart`) with a shorter warm-up. That is sound: the target is the
+same law with the same priors, anchored on the new table exactly as a cold fit anchors them; only
+where the chains start and the warm-up's first guesses differ, and the warm-up still adapts step
+size and mass matrix to the new posterior (a few more runs move it little).
 """
 
 from __future__ import annotations
@@ -154,17 +157,17 @@ class Fitter:
         from .store import AVERAGED
 
         cfg = self.config
+        release_compiled()  # as bs.fit does: a long loop's compiled programs would exhaust the process's mappings
+        t0 = time.perf_counter()
         if cfg.law == AVERAGED:
-            from .inference import fit
+            from .averaging import fit_family
 
-            t0 = time.perf_counter()
-            idata = fit(runs, replace(cfg, seed=cfg.seed + iteration), quiet=True, source=source)
+            # not bs.fit, which refuses fewer than MIN_RUNS runs: a loop starts from a few runs (--init 3),
+            # as the one-law refit below does; with too few runs to validate forward the family's
+            # weights are equal and the discrepancy rate its prior
+            idata = fit_family(runs, replace(cfg, seed=cfg.seed + iteration), quiet=True, source=source)
             self.seconds.append(time.perf_counter() - t0)
             return idata
-        # bs.fit does this for the averaged refit: a long loop's compiled programs would otherwise
-        # exhaust the process's mappings
-        release_compiled()
-        t0 = time.perf_counter()
         # one law, started where the last fit ended (its adaptation too), with a shorter warm-up
         run_cfg = cfg if self.warm is None else replace(cfg, warmup=min(cfg.warmup, self.warm_warmup))
         key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), iteration)

@@ -198,9 +198,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-compute", type=_positive_float, metavar="C",
                    help="budget of the n_opt, d_opt and loss_opt objectives in FLOP (default 100 x the largest run)")
     p.add_argument("--target", metavar="TABLE", help="CSV/Parquet with columns N, D: the runs of the loss_at objective")
-    p.add_argument("--law", choices=[*LAWS, AVERAGED], default="chinchilla",
-                   help="law refitted each iteration: one law (warm-started, fast) or the averaged family (cold "
-                        "refits, about 4x slower)")
+    p.add_argument("--law", choices=[*LAWS, AVERAGED], default=AVERAGED,
+                   help="what each iteration refits: the averaged family, as bayescale fit does by default (cold "
+                        "refits), or one law (warm-started, several times faster, but its intervals beyond the runs "
+                        "are too narrow to steer a budget by) (default averaged)")
     p.add_argument("--init", type=_positive_int, default=3, metavar="K",
                    help="start from the K cheapest rows (--oracle), or train the K cheapest ladder runs first when "
                         "DIR has fewer (--runs)")

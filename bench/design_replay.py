@@ -43,8 +43,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=500, help="warm-up of each first fit (default 500)")
     ap.add_argument("--draws", type=int, default=500, help="draws per chain (default 500)")
     ap.add_argument("--law", default="chinchilla", choices=(*LAWS, AVERAGED),
-                    help="the law every refit uses, or averaged (the default model, refitted cold: ~4x slower); "
-                         "the full-pool reference is fitted the same way (default chinchilla)")
+                    help="the law every refit uses, or averaged (the default model, refitted cold: several times "
+                         "slower per refit); the full-pool reference is fitted the same way (default chinchilla)")
     ap.add_argument("--quick", action="store_true",
                     help="2 random seeds, 300 warm-up and draws, batches of 3%% of the pool, at most 13 each")
     a = ap.parse_args()

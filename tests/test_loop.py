@@ -11,8 +11,9 @@ import pytest
 from bayescale.errors import InputError
 from tests.conftest import TRUE_CHINCHILLA, simulate
 
-# tiny sampler settings: these tests check the loop's bookkeeping, not the posterior's accuracy
-SAMPLER = ["--chains", "4", "--warmup", "200", "--draws", "200"]
+# tiny sampler settings and one law: these tests check the loop's bookkeeping, not the posterior's
+# accuracy (test_default_refits_the_averaged_family runs the default model)
+SAMPLER = ["--law", "chinchilla", "--chains", "4", "--warmup", "200", "--draws", "200"]
 
 
 def _main(argv: list[str], **extra) -> int:
@@ -96,6 +97,36 @@ def test_stop_width_stops_early(pool_csv, capsys):
     assert res["target_compute"] == pytest.approx(100 * c[7], rel=1e-9)  # 100x the largest of the 8 start rows
     assert len(res["iterations"]) == 1 and res["flops_spent"] == 0.0
     assert "--stop-width" in res["stopped"]
+
+
+@pytest.mark.slow
+def test_default_refits_the_averaged_family(pool_csv, tmp_path, capsys):
+    """Without --law the loop refits what ``bayescale fit`` fits by default, the averaged family, from
+    the 3 cheapest rows (fewer than fit accepts: a loop's start), every law weighed at every refit."""
+    import bayescale as bs
+    from bayescale.laws import LAWS, compute_optimal
+    from bayescale.store import metadata
+
+    path, df = pool_csv
+    out = tmp_path / "loop"
+    total = float((6 * df["N"] * df["D"]).sum())  # one batch buys (nearly) the whole budget: two or three refits
+    rc = _main(["--oracle", str(path), "--budget", "5%", "--batch-budget", f"{0.05 * total:.17g}",
+                "--target-compute", "1e22", "--out", str(out), "--json"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    res = json.loads(captured.out)
+    assert res["law"] == "averaged" and len(res["start_rows"]) == 3
+    its = res["iterations"]
+    assert len(its) >= 2 and its[0]["runs"] == 3
+    meta = metadata(bs.load_posterior(out / "posterior.nc"))
+    assert meta["law"] == "averaged" and set(meta["laws"]) == set(LAWS)
+    assert sum(v["weight"] for v in meta["laws"].values()) == pytest.approx(1.0, abs=1e-9)
+    assert meta["n_obs"] == res["runs_final"] == 3 + sum(len(it["chosen"]) for it in its)
+    # the family's interval narrows as the loop buys runs, and holds the simulating law's N*(1e22)
+    first, last = its[0]["objective"], its[-1]["objective"]
+    assert last["width90"] < first["width90"]
+    truth = float(compute_optimal("chinchilla", TRUE_CHINCHILLA, 1e22)["N_opt"])
+    assert last["q05"] <= truth <= last["q95"]
 
 
 @pytest.mark.parametrize("argv, field, text", [
