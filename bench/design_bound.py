@@ -46,11 +46,15 @@ within 10% (``--costly-swaps``: drop rows in proportion to their cost, so that a
 large models can move); the best set is refitted with another seed, since widths at 300 draws are noisy. A
 search, not a bound: a set it did not try may do better. The reference is design_replay's (1000
 warm-up and 1000 draws on the full pool); every subset is fitted at 300 and 300, as its loop refits.
+``--scan K0 K1 STEP`` fits the cheapest K0, K0+STEP, ..., K1 rows with ``--scan-seeds`` seeds each
+instead, and names the first count that most seeds pass: the bisection's figure, robust to the
+fits' noise.
 
     python bench/design_bound.py              # 20 truths, about 30 minutes on a 2-core CPU
     python bench/design_bound.py --seeds 5 --budget-pct 10
     python bench/design_bound.py --replay     # about 4 minutes
     python bench/design_bound.py --search --seeds 30 --local 30   # about 13 minutes
+    python bench/design_bound.py --search --scan 140 200 5        # about 7 minutes
 """
 
 from __future__ import annotations
@@ -322,6 +326,22 @@ def search(a: argparse.Namespace) -> None:
 
     head = (f"full pool: N*({C_TARGET:.3g}) = {ref['q50']:.4g} [{ref['q05']:.4g}, {ref['q95']:.4g}], log width "
             f"{ref['width90']:.3f} (criterion: median within 10%, width <= {limit:.3f}); ")
+    if a.scan:  # cheapest-first row by row, each count fitted with several seeds: how noisy is the bisection?
+        k0, k1, step = a.scan
+        first = None
+        for k in range(k0, k1 + 1, step):
+            fits = [summary(order[:k], replace(cfg, seed=seed))[0] for seed in range(a.scan_seeds)]
+            n_met = sum(meets(s) for s in fits)
+            if n_met * 2 > len(fits) and first is None:
+                first = k  # where cheapest-first, which stops at the first count that meets it, stops
+            print(f"  cheapest {k:>4} rows, {cost[order[:k]].sum() / total:.3f}: log widths "
+                  + " ".join(f"{s['width90']:.3f}" for s in fits)
+                  + ", median/full " + " ".join(f"{s['q50'] / ref['q50']:.3f}" for s in fits)
+                  + f"; {n_met} of {len(fits)} seeds meet it", flush=True)
+        print(head + (f"the first count that meets it with most seeds: {first} rows "
+                      f"({cost[order[:first]].sum() / total:.3f} of the pool's FLOPs)" if first is not None
+                      else "no count in the scan meets it with most seeds"), flush=True)
+        return
     if a.cap_pct is None:
         lo, hi = a.init, len(runs)  # cheapest-first: the fewest cheapest rows that meet the criterion
         while hi - lo > 1:
@@ -423,6 +443,9 @@ def main() -> None:
                     help="--search: then this many swaps of a local search from the narrowest set (default 0)")
     ap.add_argument("--costly-swaps", action="store_true",
                     help="--local: drop rows in proportion to their cost rather than uniformly")
+    ap.add_argument("--scan", type=int, nargs=3, metavar=("K0", "K1", "STEP"), default=None,
+                    help="--search: instead, fit the cheapest K0, K0+STEP, ..., K1 rows with --scan-seeds seeds each")
+    ap.add_argument("--scan-seeds", type=int, default=3, help="--scan: seeds per count (default 3)")
     ap.add_argument("--init", type=int, default=6, help="--replay: the cheapest rows it starts from (default 6)")
     ap.add_argument("--batch-pct", type=float, default=3.0,
                     help="--replay: random's batches, %% of the pool (default 3)")
