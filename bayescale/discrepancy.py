@@ -32,8 +32,9 @@ predictive density over all 122 held-out runs from 3.18 to 3.30. The runs' robus
 set by one EM fit, they followed whichever mode it reached, and two sampler seeds' residuals 1.2e-4
 apart flipped Marin comma's process and the bench's pooled 90% cover (0.97 at seed 0, 0.98 and
 0.99 at seeds 1 and 2); averaged, it reads 0.96 at seeds 0, 1 and 2. The forward folds that set the
-laws' weights and the discrepancy rate keep each fold's process at its EM mode (a cheaper, slightly
-narrower process: the rate it leaves errs wide).
+laws' weights and the discrepancy rate integrate each fold's process the same way (until 2026-12-07
+they kept it at its EM mode, :func:`fit_gp`, and the mode it reached moved the weights between
+sampler seeds; see :mod:`bayescale.averaging`).
 A grouped fit has one process per group, independent, with hyperparameters shared. A prediction
 at a new point adds the process's conditional mean to the law's log-mean and replaces the noise
 by ``sqrt(s^2 + var f)``: inside the data the misfit is corrected, far beyond it the mean falls

@@ -231,24 +231,19 @@ def test_log_predictive_density_is_a_density_centred_on_the_predictions(small_fa
 
 @pytest.mark.slow
 def test_forward_folds_on_a_worker_thread_are_the_same_folds():
-    """``fit_family`` fits the cuts' misfit processes on a worker thread while the next cut samples,
-    starting them from a future of the full table's process: the folds must be those of the plain,
-    sequential path, bit for bit (threads change when the numpy work runs, never its numbers)."""
+    """``fit_family`` fits the cuts' misfit processes on a worker thread while the next cut samples:
+    the folds must be those of the plain, sequential path, bit for bit (threads change when the
+    numpy work runs, never its numbers)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import jax
 
-    from bayescale.discrepancy import features, fit_gp
-
     runs = bs.load_runs(simulate("chinchilla", TRUE_CHINCHILLA, 60, 0.01, 3))
     cfg = bs.FitConfig(chains=2, warmup=150, draws=150, lfo_warmup=100, lfo_draws=100)
-    X = features(runs["N"].to_numpy(float), runs["D"].to_numpy(float))
-    start, _ = fit_gp(X, np.log(runs["loss"].to_numpy(float)) - np.log(runs["loss"]).mean(), likelihood="student_t")
     key = jax.random.PRNGKey(4)
-    cuts, plain = av.forward_folds(runs, "kaplan", cfg, key, gp_start=start)
+    cuts, plain = av.forward_folds(runs, "kaplan", cfg, key)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        cuts2, threaded = av.forward_folds(runs, "kaplan", cfg, key, gp_start=pool.submit(lambda: start),
-                                           executor=pool)
+        cuts2, threaded = av.forward_folds(runs, "kaplan", cfg, key, executor=pool)
     assert cuts == cuts2 and len(plain) == len(threaded) >= 2
     for a, b in zip(plain, threaded, strict=True):
         assert (a.cut, a.n_fit, a.method) == (b.cut, b.n_fit, b.method)
