@@ -74,8 +74,6 @@ _PROPOSAL_DF = 4.0
 _PROPOSAL_INFLATE = 1.3
 #: starting points of the hyperparameter search (log a, log s, log l, log l): the modes are many
 _STARTS = [(la, ls, ll, ll) for la in (-5.0, -4.0) for ll in (-1.0, 0.0, 0.7) for ls in (-5.0, -4.0)]
-#: a forward fold's search: the full table's mode and the first six of these
-_FOLD_STARTS = _STARTS[:6]
 
 
 def features(N: Any, D: Any) -> np.ndarray:
@@ -204,8 +202,7 @@ def _squared_differences(X: np.ndarray) -> np.ndarray:
 
 
 def fit_gp(X: np.ndarray, r: np.ndarray, group: np.ndarray | None = None, *, likelihood: str = "gaussian",
-           nu: float = 4.0, iterations: int = 30, tol: float = 1e-2, start: ResidualGP | None = None
-           ) -> tuple[ResidualGP, np.ndarray]:
+           nu: float = 4.0, iterations: int = 30, tol: float = 1e-2) -> tuple[ResidualGP, np.ndarray]:
     """The hyperparameters' posterior mode given residuals ``r`` at ``X`` (groups independent,
     hyperparameters shared), and the runs' robustness weights.
 
@@ -216,8 +213,7 @@ def fit_gp(X: np.ndarray, r: np.ndarray, group: np.ndarray | None = None, *, lik
     ``s^2 / weight``. A run far from the process's mean (a diverged run, a unit error) then bends
     neither the process nor its noise. The smooth misfit that the law leaves is not down-weighted:
     the process explains it. EM stops when no hyperparameter moves by more than ``tol`` (relative)
-    in a step, or after ``iterations`` steps. ``start``: a nearby mode (the full table's, for a
-    forward fold of it) to start from as well as the default starts.
+    in a step, or after ``iterations`` steps.
     """
     from scipy.optimize import minimize
 
@@ -225,8 +221,7 @@ def fit_gp(X: np.ndarray, r: np.ndarray, group: np.ndarray | None = None, *, lik
     blocks = list(_blocks(group, len(r)).values())
     sq = [_squared_differences(X[idx]) for idx in blocks]
     w = np.ones(len(r))
-    starts = ([np.array(st) for st in _STARTS] if start is None
-              else [start.theta()] + [np.array(st) for st in _FOLD_STARTS])
+    starts = [np.array(st) for st in _STARTS]
     prev = None
     for it in range(1 + (iterations if likelihood == "student_t" else 0)):
         parts = [(q, r[idx], w[idx]) for q, idx in zip(sq, blocks, strict=True)]
