@@ -45,6 +45,11 @@ def main() -> None:
     ap.add_argument("--law", default="chinchilla", choices=(*LAWS, AVERAGED),
                     help="the law every refit uses, or averaged (the default model, refitted cold: several times "
                          "slower per refit); the full-pool reference is fitted the same way (default chinchilla)")
+    ap.add_argument("--fit-seed", type=int, default=0,
+                    help="the sampler's seed of every refit and of the full-pool reference (default 0): near the "
+                         "criterion's edge a strategy can pass on one seed and not the next")
+    ap.add_argument("--strategies", nargs="+", default=["eig", "cheapest", "random"],
+                    choices=["eig", "cheapest", "random"], help="which strategies to run (default: all three)")
     ap.add_argument("--quick", action="store_true",
                     help="2 random seeds, 300 warm-up and draws, batches of 3%% of the pool, at most 13 each")
     a = ap.parse_args()
@@ -55,7 +60,7 @@ def main() -> None:
     runs = bs.load_runs("chinchilla", filter="kept_by_epoch == 1")
     cost = 6.0 * runs["N"].to_numpy(float) * runs["D"].to_numpy(float)
     total = float(cost.sum())
-    cfg = FitConfig(law=a.law, warmup=a.warmup, draws=a.draws)
+    cfg = FitConfig(law=a.law, warmup=a.warmup, draws=a.draws, seed=a.fit_seed)
     obj = lp.Objective("n_opt", C_TARGET)
 
     t0 = time.perf_counter()
@@ -83,6 +88,15 @@ def main() -> None:
 
     print(f"FLOPs to reach |median/full - 1| <= 10% and width <= 1.5x full, from the {a.init} cheapest rows, "
           f"batches of {a.batch_pct:g}% of the pool:")
+    if a.strategies != ["eig", "cheapest", "random"]:
+        for name, chooser in (("eig", lambda: lp.eig_chooser(obj)), ("cheapest", lp.cheapest_chooser)):
+            if name in a.strategies:
+                run("EIG per FLOP" if name == "eig" else "cheapest-first", chooser())
+        if "random" in a.strategies:
+            for s in range(a.seeds):
+                run(f"random seed {s}", lp.random_chooser(s))
+        print("(not all three strategies ran: no ratio)")
+        return
     eig = run("EIG per FLOP", lp.eig_chooser(obj))
     cheap = run("cheapest-first", lp.cheapest_chooser())
     rand = [run(f"random seed {s}", lp.random_chooser(s)) for s in range(a.seeds)]
