@@ -88,18 +88,13 @@ def main() -> None:
 
     print(f"FLOPs to reach |median/full - 1| <= 10% and width <= 1.5x full, from the {a.init} cheapest rows, "
           f"batches of {a.batch_pct:g}% of the pool:")
-    if a.strategies != ["eig", "cheapest", "random"]:
-        for name, chooser in (("eig", lambda: lp.eig_chooser(obj)), ("cheapest", lp.cheapest_chooser)):
-            if name in a.strategies:
-                run("EIG per FLOP" if name == "eig" else "cheapest-first", chooser())
-        if "random" in a.strategies:
-            for s in range(a.seeds):
-                run(f"random seed {s}", lp.random_chooser(s))
+    want = set(a.strategies)
+    eig = run("EIG per FLOP", lp.eig_chooser(obj)) if "eig" in want else None
+    cheap = run("cheapest-first", lp.cheapest_chooser()) if "cheapest" in want else None
+    rand = [run(f"random seed {s}", lp.random_chooser(s)) for s in range(a.seeds)] if "random" in want else None
+    if eig is None or cheap is None or rand is None:
         print("(not all three strategies ran: no ratio)")
         return
-    eig = run("EIG per FLOP", lp.eig_chooser(obj))
-    cheap = run("cheapest-first", lp.cheapest_chooser())
-    rand = [run(f"random seed {s}", lp.random_chooser(s)) for s in range(a.seeds)]
     rand_med = float(np.median(rand))
     better = min(cheap, rand_med)
     print(f"random, median of {a.seeds} seeds: {rand_med:.3e}")
