@@ -64,6 +64,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="2 random seeds, 300 warm-up and draws, batches of 3%% of the pool, at most 13 each")
     a = ap.parse_args()
+    if a.ref_seeds < 1:
+        ap.error(f"--ref-seeds must be at least 1, got {a.ref_seeds}")
     if a.quick:
         a.seeds, a.warmup, a.draws, a.iterations = 2, 300, 300, a.iterations or 13
         a.batch_pct = max(a.batch_pct, 3.0)
@@ -98,11 +100,10 @@ def main() -> None:
         t = time.perf_counter()
         name = f"{name}, fit seed {fit_seed}" if len(a.fit_seeds) > 1 else name
         res = lp.replay(runs, cost, start, budget, obj, lp.Fitter(replace(cfg, seed=fit_seed)), chooser=chooser,
-                        batch_budget=batch,
-                        allow_unconverged=True, max_iterations=a.iterations, stop=done)
+                        batch_budget=batch, allow_unconverged=True, max_iterations=a.iterations, stop=done)
         need = next((s.spent for s in res.steps if done(s.objective)), math.inf)
         last = res.steps[-1].objective
-        print(f"  {name:<26} {'not reached' if math.isinf(need) else f'{need:.3e} FLOP':>14} "
+        print(f"  {name:<26} {flops(need):>14} "
               f"({len(res.steps)} fits, {time.perf_counter() - t:.0f} s; last: {last['q50']:.4g}, "
               f"log width {last['width90']:.3f})", flush=True)
         return need
@@ -128,11 +129,15 @@ def main() -> None:
         print(f"no strategy got there within {a.max_pct:g}% of the pool: no ratio (target <= 0.5)")
 
 
+def flops(need: float) -> str:
+    return "not reached" if math.isinf(need) else f"{need:.3e} FLOP"
+
+
 def median_of(name: str, need: list[float]) -> float:
     """A strategy's figure: the median of its runs' FLOPs (a run that never got there counts as infinite)."""
     med = float(np.median(need))
     if len(need) > 1:
-        print(f"  {name}, median of {len(need)} runs: {'not reached' if math.isinf(med) else f'{med:.3e} FLOP'}",
+        print(f"  {name}, median of {len(need)} runs: {flops(med)}",
               flush=True)
     return med
 
